@@ -1,0 +1,27 @@
+"""Connection settings for one MLLP peer (a destination's side of the wire)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TlsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    ca_file: str | None = None  # verify the peer against this CA (system store if None)
+    cert_file: str | None = None  # client certificate, when the EHR asks for one
+    key_file: str | None = None
+    server_hostname: str | None = None  # SNI / name to verify, when it differs from host
+    verify: bool = True
+
+
+class ConnectionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_connections: int = Field(1, ge=1, le=64, description="many legacy interfaces allow one")
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    response_timeout_seconds: float = Field(10.0, gt=0, description="wait this long for an ACK")
+    keepalive: bool = True
+    reconnect_initial_seconds: float = Field(0.5, gt=0)
+    reconnect_max_seconds: float = Field(30.0, gt=0)
+    max_frame_bytes: int = Field(1_048_576, ge=1024)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
