@@ -21,6 +21,11 @@ class ConnectionSettings(BaseModel):
     connect_timeout_seconds: float = Field(5.0, gt=0)
     response_timeout_seconds: float = Field(10.0, gt=0, description="wait this long for an ACK")
     keepalive: bool = True
+    # TCP keepalive timing (Linux): find a dead peer/firewall-dropped idle connection in
+    # idle + interval * count seconds instead of the kernel's 2 hours.
+    keepalive_idle_seconds: int = Field(60, ge=1)
+    keepalive_interval_seconds: int = Field(15, ge=1)
+    keepalive_count: int = Field(4, ge=1)
     reconnect_initial_seconds: float = Field(0.5, gt=0)
     reconnect_max_seconds: float = Field(30.0, gt=0)
     max_frame_bytes: int = Field(1_048_576, ge=1024)

@@ -1,0 +1,18 @@
+"""Persistence: one protocol (`base.Store`), SQLite and PostgreSQL implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.store.base import Store
+
+
+def open_store(url_or_data_dir: str) -> Store:
+    """`postgresql://...` selects PostgreSQL; anything else is a data directory for SQLite."""
+    if url_or_data_dir.startswith(("postgresql://", "postgres://")):
+        from engine.store.postgres import PostgresStore
+
+        return PostgresStore(url_or_data_dir)
+    from engine.store.sqlite import SQLiteStore
+
+    return SQLiteStore(Path(url_or_data_dir) / "calhl7.sqlite3")

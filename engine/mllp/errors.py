@@ -1,0 +1,59 @@
+"""Exceptions of the MLLP layer.
+
+Messages carry sizes, peer addresses and timeouts only: never frame contents (PHI).
+"""
+
+from __future__ import annotations
+
+
+class MLLPError(Exception):
+    """Base of every error raised by engine.mllp."""
+
+
+class FramingError(MLLPError):
+    """The byte stream broke the MLLP framing rules."""
+
+
+class FrameTooLarge(FramingError):
+    """A frame exceeded max_frame_bytes. The reader has already discarded the rest of that
+    frame (up to its 0x1C 0x0D), so the same connection can keep going."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"MLLP frame of at least {size} bytes exceeds the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class IncompleteFrame(FramingError):
+    """EOF arrived after a start block (0x0B) but before the end block (0x1C 0x0D)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"connection closed mid-frame after {received} bytes")
+        self.received = received
+
+
+class ConnectError(MLLPError):
+    """Could not open a connection (base of ConnectTimeout and ConnectFailed)."""
+
+
+class ConnectTimeout(ConnectError):
+    """The TCP connect (or TLS handshake) did not finish within connect_timeout_seconds."""
+
+
+class ConnectFailed(ConnectError):
+    """The connect was refused, unreachable, or the TLS handshake failed."""
+
+
+class PeerClosed(MLLPError):
+    """The peer closed (or reset) the connection before or while replying.
+
+    Not an ACK timeout: the caller reconnects and resends the same bytes (same MSH-10)."""
+
+    def __init__(self, message: str, *, partial_reply: bool = False) -> None:
+        super().__init__(message)
+        self.partial_reply = partial_reply
+
+
+class ResponseTimeout(MLLPError):
+    """No complete reply frame within response_timeout_seconds. The connection is closed
+    by then, so a late reply can never be read as the answer to the next message."""

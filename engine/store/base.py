@@ -1,0 +1,179 @@
+"""The store protocol: everything the engine keeps, behind one interface, two implementations.
+
+SQLite (embedded, default) and PostgreSQL (several nodes on one database) both satisfy
+`Store`. Callers never see SQL or connections; the SQL lives in `engine/store/sql/`.
+
+Vocabulary:
+- a *received event* is a webhook body exactly as Cal.com sent it, stored before we answer;
+- an *appointment state* is the JSON the normalizer keeps per appointment (opaque here);
+- an *outbound message* is one rendered SIU for one destination, waiting in a *lane*
+  (destination, ordering key); only the head of a lane is ever in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# received_events.state
+PENDING = "pending"  # accepted, not yet normalized
+PROCESSED = "processed"
+QUARANTINED = "quarantined"  # signed but unusable: kept raw for a fix and a reprocess
+IGNORED = "ignored"  # PING, triggers we do not act on
+
+# outbound.status
+QUEUED = "queued"
+ACKED = "acked"
+DEAD = "dead"
+SKIPPED = "skipped"  # a dead letter the lane moved past (channel chose skip), or released
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingWebhook:
+    source: str
+    body: bytes
+    body_sha256: bytes
+    content_type: str | None
+    trigger: str | None
+    booking_uid: str | None
+    received_at: float  # epoch seconds: the start of end-to-end latency
+    correlation_id: str
+    state: str  # PENDING, QUARANTINED or IGNORED, decided by the request-path check
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    event_id: int
+    duplicate: bool
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    source: str
+    body: bytes
+    content_type: str | None
+    trigger: str | None
+    booking_uid: str | None
+    received_at: float
+    correlation_id: str
+    state: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    channel: str
+    destination: str
+    lane_key: str
+    appointment_id: str
+    message_type: str  # e.g. SIU^S12
+    control_id: str  # MSH-10
+    payload: bytes  # the exact bytes that go on the wire
+    event_json: str  # the appointment event it was rendered from (for reprocess)
+    error: str | None = None  # set: straight to the error queue (unmapped key...)
+    hold_lane: bool = True  # when dead, does it hold the rest of its lane?
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float
+    kind: str  # change | sent | operator | note
+    appointment_id: str | None = None
+    actor: str | None = None
+    trigger: str | None = None
+    source: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedEvent:
+    """Everything one received event leads to, committed in one transaction."""
+
+    event_id: int
+    state: str  # PROCESSED, QUARANTINED or IGNORED
+    reason: str | None = None
+    appointment_id: str | None = None
+    appointment_state: str | None = None  # JSON to upsert, None when unchanged
+    uid_links: dict[str, str] = field(default_factory=dict)  # booking uid -> appointment id
+    messages: tuple[NewMessage, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: int
+    lane_id: int
+    destination: str
+    channel: str
+    appointment_id: str
+    message_type: str
+    control_id: str
+    payload: bytes
+    attempts: int
+    accepted_at: float | None
+    correlation_id: str | None
+    fence: int  # lane claim token: an outcome only counts while this claim is current
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    message_id: int
+    lane_id: int
+    fence: int
+    outcome: str  # delivered | retry | dead
+    at: float
+    ack: bytes | None = None
+    ack_code: str | None = None
+    detail: str | None = None
+    next_attempt_at: float | None = None  # for retry
+    hold_lane: bool = True  # for dead
+
+
+class Store(Protocol):
+    """One interface, two implementations (SQLite, PostgreSQL); see tests/test_store.py."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # -- intake: called in the request path, commits are grouped --
+    async def accept_webhook(self, webhook: IncomingWebhook) -> AcceptResult: ...
+
+    # -- processing --
+    async def pending_events(self, limit: int) -> list[StoredEvent]: ...
+    async def appointment_states(self, uids: list[str]) -> dict[str, str]:
+        """booking uid -> state JSON of the appointment it belongs to."""
+        ...
+    async def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]:
+        """(destination, appointment id) pairs that were ever queued an S12."""
+        ...
+    async def commit_processed(self, results: list[ProcessedEvent]) -> None: ...
+
+    # -- delivery --
+    async def claim_lane_heads(
+        self, destination: str, limit: int, owner: str, lease_seconds: float, now: float
+    ) -> list[QueuedMessage]: ...
+    async def record_attempts(self, records: list[AttemptRecord]) -> None: ...
+    async def next_ready_at(self, destination: str) -> float | None: ...
+    async def release_claims(self, owner: str) -> None: ...
+
+    # -- operators (CLI, operator API) --
+    async def queue_summary(self, now: float) -> list[dict[str, Any]]: ...
+    async def lanes(self, destination: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]: ...
+    async def message(self, message_id: int) -> dict[str, Any] | None: ...
+    async def resend(self, message_id: int, who: str) -> bool: ...
+    async def replace_payload(
+        self, message_id: int, control_id: str, payload: bytes, who: str
+    ) -> bool: ...
+    async def release_lane(self, lane_id: int, who: str) -> bool: ...
+    async def set_channel_paused(self, channel: str, paused: bool, who: str) -> None: ...
+    async def paused_channels(self) -> set[str]: ...
+    async def events(self, state: str, limit: int) -> list[StoredEvent]: ...
+    async def requeue_event(self, event_id: int, who: str) -> bool: ...
+    async def audit(
+        self, appointment_id: str | None, since: float | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+    async def counts(self) -> dict[str, int]: ...

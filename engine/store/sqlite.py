@@ -1,0 +1,697 @@
+"""The embedded store: one SQLite file in the data directory, WAL, synchronous=FULL.
+
+All work runs on one dedicated thread that owns the connection. Calls queue up while a
+transaction is being committed, and the next transaction takes every queued call at once:
+one fsync acknowledges a whole group of webhooks (group commit). Each call runs inside its own
+SAVEPOINT, so one failing call never takes the others of its group down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.store import base
+from engine.store.base import (
+    AcceptResult,
+    AttemptRecord,
+    IncomingWebhook,
+    ProcessedEvent,
+    QueuedMessage,
+    StoredEvent,
+)
+from engine.store.migrations import load_migrations
+
+T = TypeVar("T")
+_MAX_GROUP = 512  # calls per transaction; bounds the latency of the first one in a group
+_STOP = object()
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a 2xx is only sent after the fsync
+        conn.execute("PRAGMA busy_timeout=10000")  # operator CLIs write from other processes
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+        self._conn = conn
+        self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._calls.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+        assert self._conn is not None
+        self._conn.close()
+
+    # ------------------------------------------------------------------ the writer thread
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._calls.put((fn, fut, loop))
+        return await fut
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            first = self._calls.get()
+            if first is _STOP:
+                return
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    item = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._calls.put(_STOP)
+                    break
+                group.append(item)
+            self._run_group(conn, group)
+
+    @staticmethod
+    def _run_group(conn: sqlite3.Connection, group: list[Any]) -> None:
+        results: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, fut, loop in group:
+                conn.execute("SAVEPOINT call")
+                try:
+                    value = fn(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO call")
+                    conn.execute("RELEASE call")
+                    results.append((fut, loop, False, exc))
+                else:
+                    conn.execute("RELEASE call")
+                    results.append((fut, loop, True, value))
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the commit failed: nobody got anything
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            results = [(fut, loop, False, exc) for fn, fut, loop in group]
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for fut, loop, ok, value in results:
+            by_loop.setdefault(loop, []).append((fut, ok, value))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # that loop is closed: its callers are gone
+                pass
+
+    # ------------------------------------------------------------------ intake
+    async def accept_webhook(self, webhook: IncomingWebhook) -> AcceptResult:
+        def fn(conn: sqlite3.Connection) -> AcceptResult:
+            cur = conn.execute(
+                "INSERT INTO received_events (source, body_sha256, body, content_type, trigger,"
+                " booking_uid, received_at, correlation_id, state, reason)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (source, body_sha256) DO NOTHING",
+                (
+                    webhook.source,
+                    webhook.body_sha256,
+                    webhook.body,
+                    webhook.content_type,
+                    webhook.trigger,
+                    webhook.booking_uid,
+                    webhook.received_at,
+                    webhook.correlation_id,
+                    webhook.state,
+                    webhook.reason,
+                ),
+            )
+            if cur.rowcount == 1:
+                return AcceptResult(cur.lastrowid or 0, False, webhook.state)
+            row = conn.execute(
+                "SELECT id, state FROM received_events WHERE source = ? AND body_sha256 = ?",
+                (webhook.source, webhook.body_sha256),
+            ).fetchone()
+            return AcceptResult(row[0], True, row[1])
+
+        return await self._call(fn)
+
+    # ------------------------------------------------------------------ processing
+    async def pending_events(self, limit: int) -> list[StoredEvent]:
+        return await self._call(lambda c: _events(c, base.PENDING, limit))
+
+    async def events(self, state: str, limit: int) -> list[StoredEvent]:
+        return await self._call(lambda c: _events(c, state, limit))
+
+    async def appointment_states(self, uids: list[str]) -> dict[str, str]:
+        def fn(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for uid in set(uids):
+                row = conn.execute(
+                    "SELECT a.state FROM booking_uids b JOIN appointments a"
+                    " ON a.appointment_id = b.appointment_id WHERE b.uid = ?",
+                    (uid,),
+                ).fetchone()
+                if row:
+                    out[uid] = row[0]
+            return out
+
+        return await self._call(fn)
+
+    async def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]:
+        def fn(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+            out: set[tuple[str, str]] = set()
+            for appointment_id in set(appointment_ids):
+                for (dest,) in conn.execute(
+                    "SELECT destination FROM destination_appointments WHERE appointment_id = ?",
+                    (appointment_id,),
+                ):
+                    out.add((dest, appointment_id))
+            return out
+
+        return await self._call(fn)
+
+    async def commit_processed(self, results: list[ProcessedEvent]) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            for r in results:
+                _apply_processed(conn, r, now)
+
+        await self._call(fn)
+
+    # ------------------------------------------------------------------ delivery
+    async def claim_lane_heads(
+        self, destination: str, limit: int, owner: str, lease_seconds: float, now: float
+    ) -> list[QueuedMessage]:
+        def fn(conn: sqlite3.Connection) -> list[QueuedMessage]:
+            rows = conn.execute(
+                "SELECT l.id, l.fence, o.id, o.channel, o.appointment_id, o.message_type,"
+                " o.control_id, o.payload, o.attempts, o.accepted_at, o.correlation_id"
+                " FROM lanes l JOIN outbound o ON o.id = l.head_id"
+                " WHERE l.destination = ? AND l.head_id IS NOT NULL AND l.held = 0"
+                " AND l.ready_at <= ? AND (l.lease_until IS NULL OR l.lease_until < ?)"
+                " AND o.channel NOT IN (SELECT channel FROM paused_channels)"
+                " ORDER BY l.ready_at LIMIT ?",
+                (destination, now, now, limit),
+            ).fetchall()
+            claimed = []
+            for lane_id, fence, mid, ch, appt, mtype, cid, payload, att, acc, corr in rows:
+                conn.execute(
+                    "UPDATE lanes SET owner = ?, lease_until = ?, fence = ? WHERE id = ?",
+                    (owner, now + lease_seconds, fence + 1, lane_id),
+                )
+                claimed.append(
+                    QueuedMessage(
+                        mid, lane_id, destination, ch, appt, mtype, cid, payload, att, acc,
+                        corr, fence + 1,
+                    )
+                )
+            return claimed
+
+        return await self._call(fn)
+
+    async def record_attempts(self, records: list[AttemptRecord]) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            for rec in records:
+                _apply_attempt(conn, rec)
+
+        await self._call(fn)
+
+    async def next_ready_at(self, destination: str) -> float | None:
+        def fn(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(ready_at) FROM lanes WHERE destination = ?"
+                " AND head_id IS NOT NULL AND held = 0",
+                (destination,),
+            ).fetchone()
+            return row[0]
+
+        return await self._call(fn)
+
+    async def release_claims(self, owner: str) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner = ?", (owner,)
+            )
+        )
+
+    async def release_all_claims(self) -> None:
+        """Single node: whatever was in flight when we died is sent again, same MSH-10."""
+        await self._call(
+            lambda c: c.execute(
+                "UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
+            )
+        )
+
+    # ------------------------------------------------------------------ operators
+    async def queue_summary(self, now: float) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT destination, SUM(status = 'queued'), SUM(status = 'dead'),"
+                " MIN(CASE WHEN status = 'queued' THEN COALESCE(accepted_at, created_at) END)"
+                " FROM outbound WHERE status IN ('queued', 'dead') GROUP BY destination"
+            ).fetchall()
+            held = dict(
+                conn.execute(
+                    "SELECT destination, COUNT(*) FROM lanes WHERE held = 1 GROUP BY destination"
+                ).fetchall()
+            )
+            return [
+                {
+                    "destination": d,
+                    "queued": q or 0,
+                    "dead": dd or 0,
+                    "held_lanes": held.get(d, 0),
+                    "oldest_age_seconds": round(now - oldest, 3) if oldest else 0.0,
+                }
+                for d, q, dd, oldest in rows
+            ]
+
+        return await self._call(fn)
+
+    async def lanes(self, destination: str | None, limit: int) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT l.id, l.destination, l.lane_key, l.head_id, l.held, l.ready_at, l.owner,"
+                " (SELECT COUNT(*) FROM outbound o WHERE o.lane_id = l.id"
+                "  AND o.status = 'queued')"
+                " FROM lanes l WHERE l.head_id IS NOT NULL AND (? IS NULL OR l.destination = ?)"
+                " ORDER BY l.held DESC, l.ready_at LIMIT ?",
+                (destination, destination, limit),
+            ).fetchall()
+            keys = ("lane", "destination", "lane_key", "head", "held", "ready_at", "owner", "queued")
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return await self._call(fn)
+
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT o.id, o.lane_id, o.destination, o.channel, o.message_type, o.control_id,"
+                " o.appointment_id, o.attempts, o.last_error, o.created_at"
+                " FROM outbound o WHERE o.status = 'dead' ORDER BY o.id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            keys = (
+                "id", "lane", "destination", "channel", "message_type", "control_id",
+                "appointment_id", "attempts", "error", "created_at",
+            )
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return await self._call(fn)
+
+    async def message(self, message_id: int) -> dict[str, Any] | None:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT id, lane_id, destination, channel, appointment_id, message_type,"
+                " control_id, payload, event_json, status, attempts, last_error, ack_code,"
+                " created_at, accepted_at, acked_at, correlation_id FROM outbound WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            keys = (
+                "id", "lane", "destination", "channel", "appointment_id", "message_type",
+                "control_id", "payload", "event_json", "status", "attempts", "error",
+                "ack_code", "created_at", "accepted_at", "acked_at", "correlation_id",
+            )
+            msg = dict(zip(keys, row, strict=True))
+            msg["attempt_log"] = [
+                dict(zip(("at", "control_id", "outcome", "ack_code", "ack", "detail"), a,
+                         strict=True))
+                for a in conn.execute(
+                    "SELECT at, control_id, outcome, ack_code, ack, detail FROM attempts"
+                    " WHERE message_id = ? ORDER BY id",
+                    (message_id,),
+                )
+            ]
+            return msg
+
+        return await self._call(fn)
+
+    async def resend(self, message_id: int, who: str) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT lane_id, status, appointment_id FROM outbound WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            lane_id, status, appointment_id = row
+            if status == base.QUEUED:
+                conn.execute("UPDATE lanes SET ready_at = 0 WHERE id = ?", (lane_id,))
+            else:
+                conn.execute(
+                    "UPDATE outbound SET status = 'queued', attempts = 0 WHERE id = ?",
+                    (message_id,),
+                )
+                _requeue_in_lane(conn, lane_id, message_id)
+            _audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
+            return True
+
+        return await self._call(fn)
+
+    async def replace_payload(
+        self, message_id: int, control_id: str, payload: bytes, who: str
+    ) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT lane_id, control_id, appointment_id FROM outbound WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            lane_id, old_control_id, appointment_id = row
+            conn.execute(
+                "UPDATE outbound SET control_id = ?, payload = ?, status = 'queued',"
+                " attempts = 0, last_error = NULL WHERE id = ?",
+                (control_id, payload, message_id),
+            )
+            _requeue_in_lane(conn, lane_id, message_id)
+            _audit_operator(
+                conn, "reprocess", who, appointment_id,
+                {"message": message_id, "old_control_id": old_control_id,
+                 "control_id": control_id},
+            )
+            return True
+
+        return await self._call(fn)
+
+    async def release_lane(self, lane_id: int, who: str) -> bool:
+        """Move past the dead letter that holds a lane; it stays visible as skipped."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT l.head_id, o.status, o.appointment_id FROM lanes l"
+                " JOIN outbound o ON o.id = l.head_id WHERE l.id = ? AND l.held = 1",
+                (lane_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            head_id, _status, appointment_id = row
+            conn.execute("UPDATE outbound SET status = 'skipped' WHERE id = ?", (head_id,))
+            _advance_lane(conn, lane_id, head_id, time.time())
+            _audit_operator(
+                conn, "release", who, appointment_id, {"lane": lane_id, "message": head_id}
+            )
+            return True
+
+        return await self._call(fn)
+
+    async def set_channel_paused(self, channel: str, paused: bool, who: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            if paused:
+                conn.execute(
+                    "INSERT INTO paused_channels (channel, by, at) VALUES (?,?,?)"
+                    " ON CONFLICT (channel) DO NOTHING",
+                    (channel, who, time.time()),
+                )
+            else:
+                conn.execute("DELETE FROM paused_channels WHERE channel = ?", (channel,))
+            _audit_operator(conn, "pause" if paused else "resume", who, None, {"channel": channel})
+
+        await self._call(fn)
+
+    async def paused_channels(self) -> set[str]:
+        return await self._call(
+            lambda c: {r[0] for r in c.execute("SELECT channel FROM paused_channels")}
+        )
+
+    async def requeue_event(self, event_id: int, who: str) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE received_events SET state = 'pending', reason = NULL"
+                " WHERE id = ? AND state = 'quarantined'",
+                (event_id,),
+            )
+            if cur.rowcount:
+                _audit_operator(conn, "reprocess_event", who, None, {"event": event_id})
+            return cur.rowcount == 1
+
+        return await self._call(fn)
+
+    async def audit(
+        self, appointment_id: str | None, since: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT at, kind, appointment_id, actor, trigger, source, detail FROM audit"
+                " WHERE (? IS NULL OR appointment_id = ?) AND (? IS NULL OR at >= ?)"
+                " ORDER BY id LIMIT ?",
+                (appointment_id, appointment_id, since, since, limit),
+            ).fetchall()
+            keys = ("at", "kind", "appointment_id", "actor", "trigger", "source", "detail")
+            out = []
+            for r in rows:
+                entry = dict(zip(keys, r, strict=True))
+                entry["detail"] = json.loads(entry["detail"])
+                out.append(entry)
+            return out
+
+        return await self._call(fn)
+
+    async def counts(self) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            out = {f"events_{s}": n for s, n in conn.execute(
+                "SELECT state, COUNT(*) FROM received_events GROUP BY state")}
+            out.update({f"messages_{s}": n for s, n in conn.execute(
+                "SELECT status, COUNT(*) FROM outbound GROUP BY status")})
+            return out
+
+        return await self._call(fn)
+
+
+# ---------------------------------------------------------------------- helpers (writer thread)
+def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    for version, sql in load_migrations("sqlite"):
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (ours never put ';' inside a literal)."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _events(conn: sqlite3.Connection, state: str, limit: int) -> list[StoredEvent]:
+    rows = conn.execute(
+        "SELECT id, source, body, content_type, trigger, booking_uid, received_at,"
+        " correlation_id, state, reason FROM received_events WHERE state = ?"
+        " ORDER BY id LIMIT ?",
+        (state, limit),
+    ).fetchall()
+    return [StoredEvent(*r) for r in rows]
+
+
+def _apply_processed(conn: sqlite3.Connection, r: ProcessedEvent, now: float) -> None:
+    conn.execute(
+        "UPDATE received_events SET state = ?, reason = ?, processed_at = ? WHERE id = ?",
+        (r.state, r.reason, now, r.event_id),
+    )
+    if r.appointment_id and r.appointment_state is not None:
+        conn.execute(
+            "INSERT INTO appointments (appointment_id, state, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT (appointment_id) DO UPDATE SET state = excluded.state,"
+            " updated_at = excluded.updated_at",
+            (r.appointment_id, r.appointment_state, now),
+        )
+    for uid, appointment_id in r.uid_links.items():
+        conn.execute(
+            "INSERT INTO booking_uids (uid, appointment_id) VALUES (?,?)"
+            " ON CONFLICT (uid) DO NOTHING",
+            (uid, appointment_id),
+        )
+    accepted_at, correlation_id = conn.execute(
+        "SELECT received_at, correlation_id FROM received_events WHERE id = ?", (r.event_id,)
+    ).fetchone() or (None, None)
+    for m in r.messages:
+        _enqueue(conn, m, r.event_id, now, accepted_at, correlation_id)
+    for a in r.audit:
+        conn.execute(
+            "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (a.at, a.kind, a.appointment_id, a.actor, a.trigger, a.source,
+             json.dumps(a.detail, separators=(",", ":"))),
+        )
+
+
+def _enqueue(
+    conn: sqlite3.Connection,
+    m: base.NewMessage,
+    event_id: int,
+    now: float,
+    accepted_at: float | None,
+    correlation_id: str | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO lanes (destination, lane_key, ready_at) VALUES (?,?,?)"
+        " ON CONFLICT (destination, lane_key) DO NOTHING",
+        (m.destination, m.lane_key, now),
+    )
+    lane_id, head_id = conn.execute(
+        "SELECT id, head_id FROM lanes WHERE destination = ? AND lane_key = ?",
+        (m.destination, m.lane_key),
+    ).fetchone()
+    status = base.DEAD if m.error else base.QUEUED
+    cur = conn.execute(
+        "INSERT INTO outbound (lane_id, event_id, channel, destination, appointment_id,"
+        " message_type, control_id, payload, event_json, status, hold_lane, last_error,"
+        " created_at, accepted_at, correlation_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (lane_id, event_id, m.channel, m.destination, m.appointment_id, m.message_type,
+         m.control_id, m.payload, m.event_json, status, int(m.hold_lane), m.error, now,
+         accepted_at, correlation_id),
+    )
+    if not m.error and m.message_type.endswith("S12"):
+        conn.execute(
+            "INSERT INTO destination_appointments (destination, appointment_id) VALUES (?,?)"
+            " ON CONFLICT DO NOTHING",
+            (m.destination, m.appointment_id),
+        )
+    if head_id is None:
+        _advance_lane(conn, lane_id, (cur.lastrowid or 0) - 1, now)
+
+
+def _advance_lane(conn: sqlite3.Connection, lane_id: int, after_id: int, now: float) -> None:
+    """Point the lane at its next live message after `after_id` (or empty it)."""
+    for mid, status, hold in conn.execute(
+        "SELECT id, status, hold_lane FROM outbound WHERE lane_id = ? AND id > ?"
+        " AND status IN ('queued', 'dead') ORDER BY id",
+        (lane_id, after_id),
+    ).fetchall():
+        if status == base.QUEUED:
+            conn.execute(
+                "UPDATE lanes SET head_id = ?, held = 0, ready_at = ?, owner = NULL,"
+                " lease_until = NULL WHERE id = ?",
+                (mid, now, lane_id),
+            )
+            return
+        if hold:  # a message that was born dead (unmapped code) holds the lane too
+            conn.execute(
+                "UPDATE lanes SET head_id = ?, held = 1, owner = NULL, lease_until = NULL"
+                " WHERE id = ?",
+                (mid, lane_id),
+            )
+            return
+        conn.execute("UPDATE outbound SET status = 'skipped' WHERE id = ?", (mid,))
+    conn.execute(
+        "UPDATE lanes SET head_id = NULL, held = 0, owner = NULL, lease_until = NULL"
+        " WHERE id = ?",
+        (lane_id,),
+    )
+
+
+def _requeue_in_lane(conn: sqlite3.Connection, lane_id: int, message_id: int) -> None:
+    """A message put back in the queue goes first again if it is ahead of the head."""
+    (head_id,) = conn.execute("SELECT head_id FROM lanes WHERE id = ?", (lane_id,)).fetchone()
+    if head_id is None or head_id >= message_id:
+        conn.execute(
+            "UPDATE lanes SET head_id = ?, held = 0, ready_at = 0, owner = NULL,"
+            " lease_until = NULL WHERE id = ?",
+            (message_id, lane_id),
+        )
+
+
+def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> None:
+    row = conn.execute(
+        "SELECT l.fence, l.head_id, o.control_id, o.appointment_id, o.destination, o.channel,"
+        " o.message_type FROM lanes l JOIN outbound o ON o.id = ? WHERE l.id = ?",
+        (rec.message_id, rec.lane_id),
+    ).fetchone()
+    if row is None:
+        return
+    fence, head_id, control_id, appointment_id, destination, channel, mtype = row
+    conn.execute(
+        "INSERT INTO attempts (message_id, at, control_id, outcome, ack_code, ack, detail)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (rec.message_id, rec.at, control_id, rec.outcome, rec.ack_code, rec.ack, rec.detail),
+    )
+    if fence != rec.fence or head_id != rec.message_id:
+        return  # our claim was taken over (lease lapsed): the new owner decides
+    if rec.outcome == "delivered":
+        conn.execute(
+            "UPDATE outbound SET status = 'acked', attempts = attempts + 1, ack_code = ?,"
+            " acked_at = ?, last_error = NULL WHERE id = ?",
+            (rec.ack_code, rec.at, rec.message_id),
+        )
+        _advance_lane(conn, rec.lane_id, rec.message_id, rec.at)
+    elif rec.outcome == "retry":
+        conn.execute(
+            "UPDATE outbound SET attempts = attempts + 1, ack_code = ?, last_error = ?"
+            " WHERE id = ?",
+            (rec.ack_code, rec.detail, rec.message_id),
+        )
+        conn.execute(
+            "UPDATE lanes SET ready_at = ?, owner = NULL, lease_until = NULL WHERE id = ?",
+            (rec.next_attempt_at or rec.at, rec.lane_id),
+        )
+    else:
+        conn.execute(
+            "UPDATE outbound SET status = 'dead', attempts = attempts + 1, ack_code = ?,"
+            " last_error = ?, hold_lane = ? WHERE id = ?",
+            (rec.ack_code, rec.detail, int(rec.hold_lane), rec.message_id),
+        )
+        if rec.hold_lane:
+            conn.execute(
+                "UPDATE lanes SET held = 1, owner = NULL, lease_until = NULL WHERE id = ?",
+                (rec.lane_id,),
+            )
+        else:
+            conn.execute("UPDATE outbound SET status = 'skipped' WHERE id = ?", (rec.message_id,))
+            _advance_lane(conn, rec.lane_id, rec.message_id, rec.at)
+    if rec.outcome != "retry":
+        conn.execute(
+            "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (rec.at, "sent", appointment_id, "engine", mtype, destination,
+             json.dumps({"message": rec.message_id, "control_id": control_id,
+                         "channel": channel, "outcome": rec.outcome,
+                         "ack_code": rec.ack_code}, separators=(",", ":"))),
+        )
+
+
+def _audit_operator(
+    conn: sqlite3.Connection, action: str, who: str, appointment_id: str | None,
+    detail: dict[str, Any],
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (time.time(), "operator", appointment_id, who, action, "operator",
+         json.dumps(detail, separators=(",", ":"))),
+    )
