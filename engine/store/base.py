@@ -116,6 +116,7 @@ class QueuedMessage:
     accepted_at: float | None
     correlation_id: str | None
     fence: int  # lane claim token: an outcome only counts while this claim is current
+    claims: int = 1  # how often it was claimed, this time included: >1 means maybe sent before
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,7 +201,7 @@ class SQLiteStore:
         def fn(conn: sqlite3.Connection) -> list[QueuedMessage]:
             rows = conn.execute(
                 "SELECT l.id, l.fence, o.id, o.channel, o.appointment_id, o.message_type,"
-                " o.control_id, o.payload, o.attempts, o.accepted_at, o.correlation_id"
+                " o.control_id, o.payload, o.attempts, o.accepted_at, o.correlation_id, o.claims"
                 " FROM lanes l JOIN outbound o ON o.id = l.head_id"
                 " WHERE l.destination = ? AND l.head_id IS NOT NULL AND l.held = 0"
                 " AND l.ready_at <= ? AND (l.lease_until IS NULL OR l.lease_until < ?)"
@@ -210,15 +210,16 @@ class SQLiteStore:
                 (destination, now, now, limit),
             ).fetchall()
             claimed = []
-            for lane_id, fence, mid, ch, appt, mtype, cid, payload, att, acc, corr in rows:
+            for lane_id, fence, mid, ch, appt, mtype, cid, payload, att, acc, corr, n in rows:
                 conn.execute(
                     "UPDATE lanes SET owner = ?, lease_until = ?, fence = ? WHERE id = ?",
                     (owner, now + lease_seconds, fence + 1, lane_id),
                 )
+                conn.execute("UPDATE outbound SET claims = claims + 1 WHERE id = ?", (mid,))
                 claimed.append(
                     QueuedMessage(
                         mid, lane_id, destination, ch, appt, mtype, cid, payload, att, acc,
-                        corr, fence + 1,
+                        corr, fence + 1, n + 1,
                     )
                 )
             return claimed

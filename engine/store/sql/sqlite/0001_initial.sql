@@ -64,6 +64,7 @@ CREATE TABLE outbound (
     status         TEXT    NOT NULL,
     hold_lane      INTEGER NOT NULL DEFAULT 1,
     attempts       INTEGER NOT NULL DEFAULT 0,
+    claims         INTEGER NOT NULL DEFAULT 0,   -- >1: it may have reached the EHR before
     last_error     TEXT,
     ack_code       TEXT,
     created_at     REAL    NOT NULL,

@@ -1,0 +1,254 @@
+"""Wiring only: builds the store, the configuration, the servers and the workers, and runs them.
+
+Nothing here decides anything about bookings or HL7; each part gets what it needs handed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from engine.channels.config import Config, ConfigError, config_fingerprint, load_config
+from engine.delivery.worker import DestinationWorker
+from engine.http.asgi import HttpSettings, Readiness, WebhookApp
+from engine.metrics import Metrics
+from engine.processing import Processor
+from engine.store import open_store
+from engine.store.base import Store
+
+log = logging.getLogger("calhl7.app")
+
+
+@dataclass
+class EngineSettings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    data_dir: Path = Path("var")
+    channels_dir: Path = Path("channels")
+    store_url: str | None = None  # postgresql://... ; None: SQLite in data_dir
+    secrets: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    max_body_bytes: int = 1_048_576
+    insecure_unsigned: bool = False
+    metrics_host: str | None = None  # a separate address for /metrics and health
+    metrics_port: int | None = None
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    reload_interval_seconds: float = 1.0
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store: Store = open_store(settings.store_url or str(settings.data_dir))
+        self.readiness = Readiness()
+        self.stop = asyncio.Event()
+        self._config: Config | None = None
+        self._fingerprint: object = None
+        self._workers: dict[str, tuple[DestinationWorker, asyncio.Task[None], asyncio.Event]] = {}
+        self.processor = Processor(self.store, self.config, self.metrics, self._wake_destinations)
+        self.http_port: int | None = None
+
+    # ------------------------------------------------------------------ configuration
+    def config(self) -> Config:
+        assert self._config is not None, "configuration not loaded"
+        return self._config
+
+    def load_channels(self) -> None:
+        """Load at start: a broken configuration stops the engine with every problem listed."""
+        self._config = load_config(self.settings.channels_dir)
+        self._fingerprint = config_fingerprint(self.settings.channels_dir)
+        self.readiness.channels_loaded = True
+
+    def reload_channels(self, reason: str) -> bool:
+        """Swap the whole configuration at once; a broken one keeps the running one."""
+        try:
+            new = load_config(self.settings.channels_dir)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("failed").inc()
+            log.error("channel reload failed; keeping the running configuration",
+                      extra={"reason": reason, "problems": str(exc)})
+            return False
+        self._config = new
+        self._fingerprint = config_fingerprint(self.settings.channels_dir)
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info("channels reloaded", extra={"reason": reason,
+                                             "channels": len(new.channels),
+                                             "destinations": len(new.destinations)})
+        self._sync_workers()
+        return True
+
+    async def _watch_config(self) -> None:
+        while not self.stop.is_set():
+            await _sleep_or_stop(self.stop, self.settings.reload_interval_seconds)
+            with contextlib.suppress(OSError):
+                if config_fingerprint(self.settings.channels_dir) != self._fingerprint:
+                    self.reload_channels("files changed")
+
+    # ------------------------------------------------------------------ workers
+    def _sync_workers(self) -> None:
+        """One worker per destination; a destination whose settings changed gets a new one."""
+        wanted = self.config().destinations
+        for name in list(self._workers):
+            worker, task, stop = self._workers[name]
+            if name not in wanted or worker.snapshot != wanted[name]:
+                stop.set()
+                del self._workers[name]
+        for name, dest in wanted.items():
+            if name in self._workers:
+                continue
+            stop = asyncio.Event()
+            status = self.readiness.destinations.setdefault(name, {})
+            worker = DestinationWorker(
+                name, lambda n=name: self.config().destinations[n], self.store, self.metrics,
+                self.settings.node_id, status,
+            )
+            worker.snapshot = dest  # type: ignore[attr-defined]
+            task = asyncio.create_task(self._run_worker(worker, stop), name=f"deliver-{name}")
+            self._workers[name] = (worker, task, stop)
+
+    async def _run_worker(self, worker: DestinationWorker, stop: asyncio.Event) -> None:
+        both = asyncio.Event()
+
+        async def relay() -> None:
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.stop.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            both.set()
+
+        relay_task = asyncio.create_task(relay())
+        while not both.is_set():
+            try:
+                await worker.run(both)
+            except Exception:  # noqa: BLE001 - a worker must never die quietly
+                log.exception("delivery worker failed; restarting", extra={
+                    "destination": worker.name})
+                await _sleep_or_stop(both, 1.0)
+        relay_task.cancel()
+
+    def _wake_destinations(self, destinations: set[str]) -> None:
+        for name in destinations:
+            entry = self._workers.get(name)
+            if entry:
+                entry[0].wake.set()
+
+    # ------------------------------------------------------------------ gauges
+    async def _refresh_gauges(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):
+                summary = await self.store.queue_summary(time.time())
+                seen = set()
+                for row in summary:
+                    d = row["destination"]
+                    seen.add(d)
+                    self.metrics.queue_depth.labels(d).set(row["queued"])
+                    self.metrics.oldest_age.labels(d).set(row["oldest_age_seconds"])
+                    self.metrics.dead_letters.labels(d).set(row["dead"])
+                    self.metrics.held_lanes.labels(d).set(row["held_lanes"])
+                for d in set(self.config().destinations) - seen:
+                    self.metrics.queue_depth.labels(d).set(0)
+                    self.metrics.oldest_age.labels(d).set(0)
+                    self.metrics.dead_letters.labels(d).set(0)
+                    self.metrics.held_lanes.labels(d).set(0)
+                counts = await self.store.counts()
+                self.metrics.quarantined.set(counts.get("events_quarantined", 0))
+            await _sleep_or_stop(self.stop, 2.0)
+
+    # ------------------------------------------------------------------ run
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        self.load_channels()
+        await self.store.open()
+        release = getattr(self.store, "release_all_claims", None)
+        if release is not None:  # single node: what was in flight at a crash goes again
+            await release()
+        http = WebhookApp(
+            self.store, self.metrics,
+            HttpSettings(self.settings.secrets, self.settings.max_body_bytes,
+                         serve_metrics=self.settings.metrics_port is None,
+                         insecure_unsigned=self.settings.insecure_unsigned),
+            self.readiness, on_accepted=self.processor.wake.set,
+        )
+        servers = [self._uvicorn(http, self.settings.http_host, self.settings.http_port)]
+        if self.settings.metrics_port is not None:
+            ops = WebhookApp(self.store, self.metrics, HttpSettings({}), self.readiness)
+            servers.append(self._uvicorn(ops, self.settings.metrics_host or "127.0.0.1",
+                                         self.settings.metrics_port))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+            loop.add_signal_handler(signal.SIGINT, self.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload_channels("SIGHUP"))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                serve_tasks = [tg.create_task(s.serve()) for s in servers]
+                self._sync_workers()
+                tg.create_task(self.processor.run(self.stop))
+                tg.create_task(self._watch_config())
+                tg.create_task(self._refresh_gauges())
+                while not all(s.started for s in servers):
+                    if any(t.done() for t in serve_tasks):
+                        raise RuntimeError("HTTP server failed to start (address in use?)")
+                    await asyncio.sleep(0.02)
+                self.http_port = _bound_port(servers[0])
+                log.info("engine ready", extra={"http_port": self.http_port,
+                                                "node": self.settings.node_id})
+                if ready is not None:
+                    ready.set()
+                await self.stop.wait()
+                for s in servers:
+                    s.should_exit = True
+                for _, _, stop in self._workers.values():
+                    stop.set()
+        finally:
+            await self.store.close()
+            log.info("engine stopped")
+
+    @staticmethod
+    def _uvicorn(app: WebhookApp, host: str, port: int) -> uvicorn.Server:
+        config = uvicorn.Config(
+            app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
+            http="httptools", loop="none", timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        return server
+
+
+def _bound_port(server: uvicorn.Server) -> int | None:
+    for s in getattr(server, "servers", []):
+        for sock in s.sockets:
+            return sock.getsockname()[1]
+    return None
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def secrets_from_env(env: Mapping[str, str] = os.environ) -> dict[str, list[str]]:
+    """CALHL7_WEBHOOK_SECRET for /webhooks/calcom; CALHL7_WEBHOOK_SECRET_<SOURCE> for
+    /webhooks/calcom/<source>. A comma separates two secrets while one is being rotated."""
+    out: dict[str, list[str]] = {}
+    for key, value in env.items():
+        if key == "CALHL7_WEBHOOK_SECRET":
+            source = "default"
+        elif key.startswith("CALHL7_WEBHOOK_SECRET_"):
+            source = key.removeprefix("CALHL7_WEBHOOK_SECRET_").lower().replace("_", "-")
+        else:
+            continue
+        secrets = [s.strip() for s in value.split(",") if s.strip()]
+        if secrets:
+            out[source] = secrets
+    return out

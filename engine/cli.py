@@ -1,0 +1,112 @@
+"""The `calhl7` verbs. Options can also come from CALHL7_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine import operator
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CALHL7_{name}", default)
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from engine import logs
+    from engine.app import Engine, EngineSettings, secrets_from_env
+
+    logs.configure(args.log_level)
+    secrets = secrets_from_env()
+    if not secrets and not args.insecure_dev:
+        print("calhl7: no webhook secret configured. Set CALHL7_WEBHOOK_SECRET (the secret of "
+              "your Cal.com webhook), or pass --insecure-dev to accept unsigned webhooks "
+              "on a development machine.", file=sys.stderr)
+        return 2
+    http_host, http_port = args.http
+    metrics = args.metrics
+    settings = EngineSettings(
+        http_host=http_host, http_port=http_port, data_dir=Path(args.data),
+        channels_dir=Path(args.channels), store_url=args.store, secrets=secrets,
+        max_body_bytes=args.max_body_bytes, insecure_unsigned=args.insecure_dev,
+        metrics_host=metrics[0] if metrics else None, metrics_port=metrics[1] if metrics else None,
+    )
+    if args.node_id:
+        settings.node_id = args.node_id
+    from engine.channels.config import ConfigError
+
+    try:
+        asyncio.run(Engine(settings).run())
+    except ConfigError as exc:
+        print(f"calhl7: the channel configuration has problems:\n{exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calhl7", description="Cal.com bookings to HL7 v2 SIU over MLLP, and back.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    store_args = argparse.ArgumentParser(add_help=False)
+    store_args.add_argument("--data", default=_env("DATA", "var"),
+                            help="data directory of the embedded store (default ./var)")
+    store_args.add_argument("--store", default=_env("STORE"),
+                            help="store URL, e.g. postgresql://user@host/db (default: SQLite "
+                                 "in --data)")
+
+    p = sub.add_parser("serve", parents=[store_args], help="run the engine")
+    p.add_argument("--http", type=host_port, default=host_port(_env("HTTP", "127.0.0.1:8080")),
+                   help="webhook address (default 127.0.0.1:8080)")
+    p.add_argument("--metrics", type=host_port,
+                   default=host_port(_env("METRICS")) if _env("METRICS") else None,
+                   help="serve /metrics and health on their own address")
+    p.add_argument("--channels", default=_env("CHANNELS", "channels"),
+                   help="channel configuration directory (default ./channels)")
+    p.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", "1048576")))
+    p.add_argument("--insecure-dev", action="store_true",
+                   default=_env("INSECURE_DEV", "") in ("1", "true", "yes"),
+                   help="accept unsigned webhooks (development only)")
+    p.add_argument("--node-id", default=_env("NODE_ID"))
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("demo", help="the whole path on this machine: engine, two simulated "
+                                    "EHRs, a day of bookings")
+    p.add_argument("--data", default=None, help="keep the demo's store here (default: temp)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_demo)
+
+    operator.register(sub, store_args)
+    from engine.channels import cli as channels_cli
+    from engine.sim import cli as sim_cli
+
+    channels_cli.register(sub)
+    sim_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Delivery: lane heads out over MLLP, ACKs back into the store.
+
+One task per allowed connection of a destination. Each claims a batch of lane heads (only
+the head of a lane is ever in flight), sends them one at a time on its connection, classifies
+each reply, and records the outcome. The commit of one outcome overlaps the send of the next
+message, so at a crash at most the message in flight and the one whose ACK was being
+committed are sent again, both under their original MSH-10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from engine.channels.config import Destination
+from engine.delivery.policy import Outcome, backoff_seconds, budget_exhausted, classify
+from engine.hl7.ack import parse_ack
+from engine.metrics import Metrics
+from engine.mllp.client import Backoff, MLLPConnection, open_connection
+from engine.mllp.errors import ConnectError, MLLPError, PeerClosed, ResponseTimeout
+from engine.store.base import AttemptRecord, QueuedMessage, Store
+
+log = logging.getLogger("calhl7.delivery")
+
+_BATCH = 64
+_IDLE_POLL_SECONDS = 0.5  # operator actions from another process show up this fast
+_RESET_RETRY_SECONDS = 0.2
+
+
+class DestinationWorker:
+    def __init__(
+        self,
+        name: str,
+        destination: Callable[[], Destination],
+        store: Store,
+        metrics: Metrics,
+        node_id: str,
+        status: dict[str, object] | None = None,
+    ) -> None:
+        self.name = name
+        self.destination = destination  # a getter: hot reload changes settings in place
+        self.store = store
+        self.metrics = metrics
+        self.node_id = node_id
+        self.wake = asyncio.Event()
+        self.status = status if status is not None else {}
+        self._connected: set[int] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        slots = self.destination().connection.max_connections
+        async with asyncio.TaskGroup() as tasks:
+            for slot in range(slots):
+                tasks.create_task(self._slot(slot, stop))
+
+    # ------------------------------------------------------------------ one connection
+    async def _slot(self, slot: int, stop: asyncio.Event) -> None:
+        owner = f"{self.node_id}/{self.name}/{slot}"
+        conn: MLLPConnection | None = None
+        reconnect = Backoff.from_settings(self.destination().connection)
+        try:
+            while not stop.is_set():
+                dest = self.destination()
+                lease = max(60.0, 3 * dest.connection.response_timeout_seconds)
+                batch = await self.store.claim_lane_heads(
+                    self.name, _BATCH, owner, lease, time.time()
+                )
+                if not batch:
+                    await self._idle(stop)
+                    continue
+                if conn is None or conn.closed:
+                    conn = await self._connect(dest, reconnect, slot)
+                    if conn is None:
+                        await self.store.release_claims(owner)
+                        await _sleep_or_stop(stop, reconnect.next())
+                        continue
+                conn = await self._send_batch(conn, batch, dest, stop, slot)
+                await self.store.release_claims(owner)  # whatever the batch did not reach
+        finally:
+            if conn is not None:
+                await conn.close()
+            self._set_connected(slot, False)
+
+    async def _connect(
+        self, dest: Destination, reconnect: Backoff, slot: int
+    ) -> MLLPConnection | None:
+        try:
+            conn = await open_connection(dest.host, dest.port, dest.connection)
+        except ConnectError as exc:
+            self.metrics.reconnects.labels(self.name, "failed").inc()
+            self.status["last_error"] = str(exc)
+            log.warning("connect failed", extra={"destination": self.name, "error": str(exc)})
+            return None
+        reconnect.reset()
+        self.metrics.reconnects.labels(self.name, "connected").inc()
+        self._set_connected(slot, True)
+        return conn
+
+    async def _send_batch(
+        self,
+        conn: MLLPConnection | None,
+        batch: list[QueuedMessage],
+        dest: Destination,
+        stop: asyncio.Event,
+        slot: int,
+    ) -> MLLPConnection | None:
+        commit: asyncio.Task[None] | None = None
+        try:
+            for msg in batch:
+                if stop.is_set() or conn is None or conn.closed:
+                    break
+                record, conn = await self._attempt(conn, msg, dest)
+                if conn is None:
+                    self._set_connected(slot, False)
+                if commit is not None:
+                    await commit  # outcomes are committed in the order they happened
+                commit = asyncio.create_task(self._record(record, msg, dest))
+        finally:
+            if commit is not None:
+                await commit
+        return conn
+
+    async def _attempt(
+        self, conn: MLLPConnection, msg: QueuedMessage, dest: Destination
+    ) -> tuple[AttemptRecord, MLLPConnection | None]:
+        """Send one message; return its outcome and the connection, or None if it is gone."""
+        sent_at = time.perf_counter()
+        is_resend = msg.claims > 1 or msg.attempts > 0
+        if is_resend:
+            self.metrics.messages.labels(msg.channel, self.name, msg.message_type, "resent").inc()
+        try:
+            try:
+                reply = await conn.send(msg.payload)
+            except PeerClosed:
+                # the peer hung up (idle timeout, restart): that is not an ACK timeout;
+                # reconnect once and resend the same bytes
+                self.metrics.reconnects.labels(self.name, "peer_closed").inc()
+                conn = await open_connection(dest.host, dest.port, dest.connection)
+                is_resend = True
+                reply = await conn.send(msg.payload)
+        except ResponseTimeout as exc:
+            return self._retry(msg, dest, "timeout", str(exc), None, None), None
+        except (MLLPError, OSError) as exc:
+            await conn.close()
+            return self._retry(msg, dest, "connection_error", str(exc), None, None), None
+        self.metrics.ack_seconds.labels(self.name).observe(time.perf_counter() - sent_at)
+        ack = parse_ack(reply, encoding=dest.codec)
+        decision = classify(ack, sent_control_id=msg.control_id, is_resend=is_resend,
+                            policy=dest.ack)
+        now = time.time()
+        if decision.outcome == Outcome.DELIVERED:
+            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "delivered", now, ack=reply,
+                                 ack_code=ack.code, detail=decision.reason), conn
+        if decision.outcome == Outcome.DEAD:
+            label = "application_error" if ack.code == "AE" else "rejected"
+            self.metrics.messages.labels(msg.channel, self.name, msg.message_type, label).inc()
+            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "dead", now, ack=reply,
+                                 ack_code=ack.code, detail=decision.reason,
+                                 hold_lane=dest.ack.on_dead_letter == "hold"), conn
+        if decision.outcome == Outcome.RESET:
+            # never credit this reply; a fresh connection so a late ACK cannot land on the next
+            await conn.close()
+            self.metrics.messages.labels(msg.channel, self.name, msg.message_type,
+                                         "bad_reply").inc()
+            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", now, ack=reply,
+                                 ack_code=ack.code, detail=decision.reason,
+                                 next_attempt_at=now + _RESET_RETRY_SECONDS), None
+        label = "rejected" if ack.code in ("AR", "CR") else "application_error"
+        return self._retry(msg, dest, label, decision.reason, reply, ack.code), conn
+
+    def _retry(
+        self, msg: QueuedMessage, dest: Destination, label: str, detail: str,
+        reply: bytes | None, ack_code: str | None,
+    ) -> AttemptRecord:
+        now = time.time()
+        self.metrics.messages.labels(msg.channel, self.name, msg.message_type, label).inc()
+        self.status["last_error"] = detail
+        if budget_exhausted(msg.attempts + 1, dest.retry):
+            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "dead", now, ack=reply,
+                                 ack_code=ack_code,
+                                 detail=f"retry budget exhausted after {msg.attempts + 1}"
+                                        f" attempts; last: {detail}",
+                                 hold_lane=dest.ack.on_dead_letter == "hold")
+        return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", now, ack=reply,
+                             ack_code=ack_code, detail=detail,
+                             next_attempt_at=now + backoff_seconds(msg.attempts + 1, dest.retry))
+
+    async def _record(self, record: AttemptRecord, msg: QueuedMessage, dest: Destination) -> None:
+        await self.store.record_attempts([record])
+        if record.outcome == "delivered":
+            self.metrics.messages.labels(msg.channel, self.name, msg.message_type, "acked").inc()
+            if msg.accepted_at:
+                self.metrics.end_to_end_seconds.labels(self.name).observe(
+                    time.time() - msg.accepted_at)
+        elif record.outcome == "dead":
+            self.metrics.messages.labels(msg.channel, self.name, msg.message_type,
+                                         "dead_lettered").inc()
+            log.warning("dead letter", extra={"destination": self.name, "message_id": msg.id,
+                                              "control_id": msg.control_id,
+                                              "correlation_id": msg.correlation_id,
+                                              "ack_code": record.ack_code})
+
+    # ------------------------------------------------------------------ helpers
+    async def _idle(self, stop: asyncio.Event) -> None:
+        self.wake.clear()
+        timeout = _IDLE_POLL_SECONDS
+        ready_at = await self.store.next_ready_at(self.name)
+        if ready_at is not None:
+            timeout = min(timeout, max(0.0, ready_at - time.time()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                waiters = [asyncio.ensure_future(self.wake.wait()),
+                           asyncio.ensure_future(stop.wait())]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+
+    def _set_connected(self, slot: int, up: bool) -> None:
+        (self._connected.add if up else self._connected.discard)(slot)
+        self.metrics.connections.labels(self.name).set(len(self._connected))
+        self.status["connections"] = len(self._connected)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

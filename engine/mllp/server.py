@@ -1,0 +1,167 @@
+"""MLLP listener: many connections, frames handled in order per connection.
+
+`handler(frame, peer)` returns the reply payload (framed here), or None for no reply.
+Raising CloseConnection from the handler closes that connection without a reply (used by
+the simulator to emulate an EHR that hangs up mid-exchange). Any other exception from the
+handler is logged by type only (no message content) and closes the connection: the sender
+gets no ACK and resends, which is safer than answering for a message we did not handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_mod
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .errors import FrameTooLarge, IncompleteFrame
+from .framing import DEFAULT_MAX_FRAME_BYTES, FrameReader, frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end; str() is "host:port", safe to log."""
+
+    host: str
+    port: int
+    tls: bool = False
+    cert_subject: str | None = None  # client certificate subject CN, when one was presented
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class CloseConnection(Exception):
+    """Raised by a handler to close the connection without replying."""
+
+
+Handler = Callable[[bytes, Peer], Awaitable[bytes | None]]
+OversizeHook = Callable[[Peer], bytes | None]
+
+# connection tasks per server, so shutdown() can end them (Server.close() only stops accepting)
+_CONNECTIONS: weakref.WeakKeyDictionary[asyncio.Server, set[asyncio.Task[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _peer_of(writer: asyncio.StreamWriter) -> Peer:
+    addr = writer.get_extra_info("peername")
+    host, port = (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else (str(addr), 0)
+    sslobj = writer.get_extra_info("ssl_object")
+    subject: str | None = None
+    if sslobj is not None:
+        cert = sslobj.getpeercert()
+        if cert:
+            for rdn in cert.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        subject = value
+    return Peer(host, port, sslobj is not None, subject)
+
+
+async def serve(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    ssl: ssl_mod.SSLContext | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    idle_timeout: float | None = 300.0,
+    on_oversize: OversizeHook | None = None,
+    on_connect: Callable[[Peer], None] | None = None,
+    backlog: int = 100,
+) -> asyncio.Server:
+    """Start listening; returns the started asyncio.Server (port 0 picks a free port:
+    read it from server.sockets[0].getsockname()). Stop with `shutdown(server)`."""
+    conns: set[asyncio.Task[None]] = set()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conns.add(task)
+        peer = _peer_of(writer)
+        try:
+            if on_connect is not None:
+                on_connect(peer)
+            await _connection(reader, writer, peer, handler, max_frame_bytes, idle_timeout, on_oversize)
+        except asyncio.CancelledError:
+            pass  # shutdown
+        except (ConnectionError, OSError, ssl_mod.SSLError) as exc:
+            log.debug("mllp connection %s ended: %s", peer, type(exc).__name__)
+        except Exception as exc:  # the handler's bug: name the type, never the content
+            log.error("mllp handler failed for %s: %s", peer, type(exc).__name__)
+        finally:
+            conns.discard(task)
+            if not writer.is_closing():
+                writer.close()  # flushes a reply already written, sends TLS close_notify
+
+    server = await asyncio.start_server(
+        on_client, host, port, ssl=ssl, backlog=backlog, limit=65_536
+    )
+    _CONNECTIONS[server] = conns
+    return server
+
+
+async def _connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    peer: Peer,
+    handler: Handler,
+    max_frame_bytes: int,
+    idle_timeout: float | None,
+    on_oversize: OversizeHook | None,
+) -> None:
+    frames = FrameReader(reader, max_frame_bytes)
+    while True:
+        try:
+            if idle_timeout is None:
+                payload = await frames.read_frame()
+            else:
+                async with asyncio.timeout(idle_timeout):
+                    payload = await frames.read_frame()
+        except TimeoutError:
+            log.info("mllp connection %s idle for %gs: closing", peer, idle_timeout)
+            return
+        except FrameTooLarge as exc:
+            log.warning("mllp frame from %s too large (%d > %d bytes): discarded", peer, exc.size, exc.limit)
+            reply = on_oversize(peer) if on_oversize is not None else None
+            if reply is not None:
+                writer.write(frame(reply))
+                await writer.drain()
+            continue
+        except IncompleteFrame as exc:
+            log.info("mllp connection %s closed mid-frame (%d bytes)", peer, exc.received)
+            return
+        if payload is None:
+            return  # clean EOF
+        try:
+            reply = await handler(payload, peer)
+        except CloseConnection:
+            return
+        if reply is not None:
+            writer.write(frame(reply))
+            # drain only under back-pressure: one fewer await per message on the fast path
+            if writer.transport.get_write_buffer_size() > 65_536:
+                await writer.drain()
+
+
+async def shutdown(server: asyncio.Server, *, grace: float = 0.0) -> None:
+    """Stop accepting, give open connections `grace` seconds, then cancel them."""
+    server.close()
+    conns = _CONNECTIONS.get(server, set())
+    if grace > 0 and conns:
+        await asyncio.wait(list(conns), timeout=grace)
+    for task in list(conns):
+        task.cancel()
+    if conns:
+        await asyncio.gather(*conns, return_exceptions=True)
+    await server.wait_closed()
+
+
+def connection_count(server: asyncio.Server) -> int:
+    """Open connections right now (for metrics and tests)."""
+    return len(_CONNECTIONS.get(server, ()))

@@ -1,0 +1,251 @@
+"""The EHR simulator: an MLLP listener that answers SIU like a legacy EHR, with faults on
+demand (slow, AE every Nth, AR on a field match, silent, wrong MSA-2, hang-up, duplicate key).
+
+Built for benchmarks too: MSH-10, MSH-9 and SCH-1 are cut from the bytes; a field is only
+looked up when an `ar_match` rule asks for it. The JSON-lines log holds what the simulator
+received (synthetic test data; the raw message only with `log_raw`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.hl7.ack import build_ack, read_msh10
+from engine.mllp.server import CloseConnection, Peer, serve, shutdown
+
+log = logging.getLogger(__name__)
+
+
+class SimPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delay_ms: int = Field(0, ge=0, description="wait this long before answering")
+    ae_every: int = Field(0, ge=0, description="answer AE to every Nth message (0: never)")
+    ae_error_code: str = Field("204", description="ERR-3 for the AE-every-Nth answers")
+    ar_match: list[str] = Field(
+        default_factory=list, description='AR when a field matches: "MSH-9.2=S26", "PID-5.1=Reject"'
+    )
+    ar_error_code: str | None = Field("201", description="ERR-3 of those ARs; None: AR without ERR")
+    silent: bool = Field(False, description="read, never answer")
+    wrong_msa2: bool = Field(False, description="answer AA with an MSA-2 that is not the MSH-10")
+    close_after_read: bool = Field(False, description="read the message, then hang up")
+    duplicate_key_ae: bool = Field(
+        False, description="AE ERR-3 205 for an MSH-10 already seen (default: AA, logged as a repeat)"
+    )
+    log_raw: bool = Field(False, description="include the raw message in the log (synthetic data only)")
+    sending_application: str = "LEGACY_EHR"
+    sending_facility: str = "ACME_CLINIC"
+    encoding: str = "utf-8"
+    max_frame_bytes: int = Field(1_048_576, ge=1024)
+    idle_timeout_seconds: float | None = Field(None, gt=0)
+
+    @field_validator("ar_match")
+    @classmethod
+    def _check_rules(cls, rules: list[str]) -> list[str]:
+        for rule in rules:
+            FieldRule.parse(rule)
+        return rules
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """SEG-F[.C[.S]]=VALUE against the first such segment, first repetition."""
+
+    segment: str
+    field: int
+    component: int | None
+    subcomponent: int | None
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> FieldRule:
+        path, sep, value = text.partition("=")
+        seg, dash, rest = path.strip().partition("-")
+        parts = rest.split(".")
+        if not sep or not dash or len(seg) != 3 or not seg.isalnum() or not all(p.isdigit() for p in parts) or len(parts) > 3:
+            raise ValueError(f"bad field rule {text!r}; expected e.g. MSH-9.2=S26 or PID-5.1=Reject")
+        nums = [int(p) for p in parts] + [0, 0]
+        if nums[0] < 1:
+            raise ValueError(f"bad field number in {text!r}")
+        return cls(seg.upper(), nums[0], nums[1] or None, nums[2] or None, value)
+
+    def matches(self, message: bytes, encoding: str) -> bool:
+        found = field_value(message, self.segment, self.field, self.component, self.subcomponent, encoding)
+        return found == self.value
+
+
+def _segment(message: bytes, name: str, fs: bytes) -> bytes | None:
+    if name == "MSH":
+        end = message.find(b"\r")
+        return message[: end if end >= 0 else len(message)]
+    key = b"\r" + name.encode() + fs
+    start = message.find(key)
+    if start < 0:
+        return None
+    start += 1
+    end = message.find(b"\r", start)
+    return message[start : end if end >= 0 else len(message)]
+
+
+def field_value(
+    message: bytes,
+    segment: str,
+    field: int,
+    component: int | None = None,
+    subcomponent: int | None = None,
+    encoding: str = "utf-8",
+) -> str | None:
+    """Raw value at SEG-F.C.S (first segment, first repetition), None when absent."""
+    if len(message) < 8 or not message.startswith(b"MSH"):
+        return None
+    fs = message[3:4]
+    enc = message[4:8].decode("ascii", "replace")
+    seg = _segment(message, segment, fs)
+    if seg is None:
+        return None
+    fields = seg.split(fs)
+    idx = field - 1 if segment == "MSH" else field  # MSH-1 is the separator itself
+    if segment == "MSH" and field == 1:
+        return fs.decode()
+    if idx >= len(fields):
+        return None
+    value = fields[idx].decode(encoding, "replace")
+    if segment == "MSH" and field == 2:
+        return value
+    value = value.split(enc[1], 1)[0] if len(enc) > 1 else value
+    if component is not None:
+        comps = value.split(enc[0])
+        if component > len(comps):
+            return None
+        value = comps[component - 1]
+        if subcomponent is not None:
+            subs = value.split(enc[3]) if len(enc) > 3 else [value]
+            if subcomponent > len(subs):
+                return None
+            value = subs[subcomponent - 1]
+    return value
+
+
+class EhrSimulator:
+    """Message handler + log; `start()` puts it on a socket."""
+
+    def __init__(self, policy: SimPolicy, log_path: str | Path | None = None) -> None:
+        self.policy = policy
+        self._rules = [FieldRule.parse(r) for r in policy.ar_match]
+        self._delay = policy.delay_ms / 1000.0
+        self._tz: tzinfo | None = datetime.now().astimezone().tzinfo  # local zone, once
+        self._log: IO[str] | None = (
+            open(log_path, "a", encoding="utf-8") if log_path is not None else None  # noqa: SIM115
+        )
+        self.seen: set[str] = set()
+        self.received = 0
+        self.acks: dict[str, int] = {}  # ack code (or silent/closed) -> count
+
+    async def handle(self, message: bytes, peer: Peer) -> bytes | None:
+        p = self.policy
+        self.received += 1
+        n = self.received
+        msh10 = read_msh10(message)
+        repeat = msh10 is not None and msh10 in self.seen
+        if msh10 is not None:
+            self.seen.add(msh10)
+        code: str | None
+        err: str | None = None
+        if p.close_after_read:
+            self._record(message, peer, msh10, "closed", repeat)
+            raise CloseConnection
+        if p.silent:
+            self._record(message, peer, msh10, "silent", repeat)
+            return None
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        msa2: str | None = None
+        if p.wrong_msa2:
+            code, msa2 = "AA", f"WRONG-{n}"
+        elif repeat and p.duplicate_key_ae:
+            code, err = "AE", "205"
+        elif self._rules and any(r.matches(message, p.encoding) for r in self._rules):
+            code, err = "AR", p.ar_error_code
+        elif p.ae_every and n % p.ae_every == 0:
+            code, err = "AE", p.ae_error_code
+        else:
+            code = "AA"
+        ack = build_ack(
+            message,
+            code,
+            error_code=err,
+            sending_application=p.sending_application,
+            sending_facility=p.sending_facility,
+            now=datetime.now(self._tz),
+            encoding=p.encoding,
+            msa2=msa2,
+        )
+        if code == "AR" and err is None:
+            ack = "\r".join(s for s in ack.split("\r") if not s.startswith("ERR")) + "\r"
+        self._record(message, peer, msh10, code, repeat)
+        return ack.encode(p.encoding)
+
+    def _record(self, message: bytes, peer: Peer, msh10: str | None, ack: str, repeat: bool) -> None:
+        self.acks[ack] = self.acks.get(ack, 0) + 1
+        if self._log is None:
+            return
+        enc = self.policy.encoding
+        entry: dict[str, object] = {
+            "time": datetime.now(self._tz).isoformat(timespec="milliseconds"),
+            "peer": str(peer),
+            "msh10": msh10,
+            "type": field_value(message, "MSH", 9, encoding=enc),
+            "sch1": field_value(message, "SCH", 1, encoding=enc),
+            "ack": ack,
+            "repeat": repeat,
+        }
+        if self.policy.log_raw:
+            entry["raw"] = message.decode(enc, "replace")
+        self._log.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._log.flush()  # tests and operators tail the file while the sim runs
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        server = await serve(
+            self.handle,
+            host,
+            port,
+            max_frame_bytes=self.policy.max_frame_bytes,
+            idle_timeout=self.policy.idle_timeout_seconds,
+        )
+        _SIMS[server] = self
+        return server
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+_SIMS: weakref.WeakKeyDictionary[asyncio.Server, EhrSimulator] = weakref.WeakKeyDictionary()
+
+
+async def run_sim(
+    host: str, port: int, policy: SimPolicy, log_path: str | Path | None = None
+) -> asyncio.Server:
+    """Start a simulated EHR; stop it with `stop_sim(server)` (closes the log too)."""
+    return await EhrSimulator(policy, log_path).start(host, port)
+
+
+def simulator_of(server: asyncio.Server) -> EhrSimulator | None:
+    """The simulator behind a server from run_sim (counters, seen MSH-10s)."""
+    return _SIMS.get(server)
+
+
+async def stop_sim(server: asyncio.Server) -> None:
+    await shutdown(server)
+    sim = _SIMS.pop(server, None)
+    if sim is not None:
+        sim.close()
