@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from engine import operator
 
@@ -21,6 +22,16 @@ def host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host or "127.0.0.1", int(port)
+
+
+def run_fast(coro: Any) -> Any:
+    """Run on uvloop when it is there (it comes with uvicorn[standard]), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -47,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.channels.config import ConfigError
 
     try:
-        asyncio.run(Engine(settings).run())
+        run_fast(Engine(settings).run())
     except ConfigError as exc:
         print(f"calhl7: the channel configuration has problems:\n{exc}", file=sys.stderr)
         return 2

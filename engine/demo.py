@@ -98,16 +98,16 @@ async def _demo(data: Path, quiet: bool = False) -> int:
     for title, log in (("main EHR (v2.5.1)", main_log), ("legacy front desk (v2.3)", legacy_log)):
         lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         say(f"\n{title}: received {len(lines)} messages")
-        say(f"  {'MSH-10':<22}{'type':<10}{'SCH-1 (appointment)':<26}ACK")
+        say(f"  {'MSH-10':<22}{'type':<17}{'SCH-1 (appointment)':<32}ACK")
         for rec in lines:
-            say(f"  {rec.get('msh10') or '-':<22}{rec.get('type') or '-':<10}"
-                f"{rec.get('sch1') or '-':<26}{rec.get('ack') or '-'}"
+            say(f"  {rec.get('msh10') or '-':<22}{rec.get('type') or '-':<17}"
+                f"{rec.get('sch1') or '-':<32}{rec.get('ack') or '-'}"
                 f"{'  (repeat)' if rec.get('repeat') else ''}")
     say(f"\nstore: {json.dumps(counts)}")
     d = f"--data {data}"
     say("\nlook further:\n"
         f"  ./dev queue {d} --lanes        # depth and oldest age per destination and lane\n"
-        f"  ./dev dead-letters {d}         # what needs an analyst (the legacy EHR refuses S26)\n"
+        f"  ./dev dead-letters {d}         # what needs an analyst\n"
         f"  ./dev message 1 {d}            # one SIU, each attempt, each ACK\n"
         f"  ./dev audit {d}                # who booked, moved or cancelled what, what we sent\n"
         f"  ./dev render --channel channels/family-medicine.yaml "

@@ -20,16 +20,6 @@ from typing import Any
 SAMPLES_DIR = Path(
     os.environ.get("CALHL7_CALCOM_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "calcom")
 )
-WEBHOOK_SAMPLES = (
-    "booking_created",
-    "booking_requested",
-    "booking_rescheduled",
-    "booking_cancelled",
-    "booking_rejected",
-    "booking_no_show_updated",
-    "meeting_ended",
-    "meeting_ended.tasker_envelope",
-)
 
 ORGANIZER: dict[str, Any] = {
     "id": 9001,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import timeit
 from typing import Any
 
 import pytest
@@ -115,11 +114,3 @@ def test_reschedule_without_reschedule_uid_is_accepted() -> None:
 def test_no_show_accepted() -> None:
     result = check_webhook(compact(envelope("BOOKING_NO_SHOW_UPDATED", no_show_payload("nsUid"))), JSON)
     assert result == WebhookCheck("accept", "BOOKING_NO_SHOW_UPDATED", "nsUid")
-
-
-def test_fast_enough_for_the_request_path() -> None:
-    """Budget 30 µs on the 3 KB sample; asserted at 5x to stay robust on a loaded CI box."""
-    body = compact(load_sample("booking_created"))
-    runs = 2000
-    best = min(timeit.repeat(lambda: check_webhook(body, JSON), number=runs, repeat=5)) / runs
-    assert best < 150e-6, f"check_webhook took {best * 1e6:.1f} µs"

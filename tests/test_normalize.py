@@ -220,6 +220,15 @@ def test_cancelled_before_created_is_not_resurrected() -> None:
     assert held.state(A).current_status == "CANCELLED"
 
 
+def test_cancel_of_new_uid_overtaking_its_reschedule() -> None:
+    held = Held()
+    held.feed(created(A))
+    gone = event_of(held.feed(cancelled(B, ical_uid=f"{A}@Cal.com", ical_sequence=1)))
+    assert (gone.kind, gone.appointment_id, gone.booking_uid) == (EventKind.CANCEL, A, B)
+    late = held.feed(resched(B, A, 1, "2026-05-05T14:00:00Z"))
+    assert (late.disposition, late.reason) == ("no_change", "stale: ACCEPTED after CANCELLED")
+
+
 def test_requested_then_created_same_uid_is_a_confirmation() -> None:
     held = Held()
     first = event_of(held.feed(booking_webhook("BOOKING_REQUESTED", uid=A)))
@@ -485,8 +494,9 @@ def test_team_member_counts_as_organizer() -> None:
     assert (event.actor, event.team_id, event.team_name) == ("organizer", 55, "Synthetic Clinic")
 
 
-def test_missing_organizer_zone_falls_back_with_note() -> None:
-    org = {**ORGANIZER, "timeZone": "Mars/Olympus_Mons"}
+@pytest.mark.parametrize("bad_zone", ["Mars/Olympus_Mons", "America", "x" * 5000, None])
+def test_missing_organizer_zone_falls_back_with_note(bad_zone: str | None) -> None:
+    org = {**ORGANIZER, "timeZone": bad_zone}
     result = Held().feed(created(A, organizer=org))  # the factory's attendee shares the bad zone
     assert event_of(result).timezone == "UTC"
     assert result.notes == ("no usable time zone: UTC assumed",)
@@ -549,3 +559,11 @@ def test_reasons_and_notes_carry_no_phi() -> None:
     assert any(r.notes for r in results) and all(r.reason or r.notes or r.event for r in results)
     for secret in (*PATIENT.values(), "1990", "guest.synth", "Synthpatient"):
         assert secret not in text
+
+
+def test_null_names_are_tolerated() -> None:
+    body = created(A)
+    body["payload"]["attendees"][0]["name"] = None
+    body["payload"]["organizer"]["name"] = None
+    event = event_of(Held().feed(body))
+    assert (event.patient.first_name, event.patient.full_name, event.provider.name) == ("Testy", "Testy Synthpatient", "")

@@ -187,3 +187,205 @@ async def test_paused_channel_is_not_claimed(store) -> None:
     assert [m.control_id for m in await store.claim_lane_heads("ehr", 10, "n", 30, now)] == ["B1"]
     await store.set_channel_paused("paused-ch", False, "analyst")
     assert [m.control_id for m in await store.claim_lane_heads("ehr", 10, "n", 30, now)] == ["A1"]
+
+
+# ---------------------------------------------------------------------- more of the contract
+async def deliver(store, m, at: float) -> None:
+    await store.record_attempts([AttemptRecord(m.id, m.lane_id, m.fence, "delivered", at,
+                                               ack=b"MSA|AA", ack_code="AA")])
+
+
+async def test_replayed_quarantined_body_reports_its_stored_state(store) -> None:
+    first = await store.accept_webhook(webhook(b"broken", state=base.QUARANTINED))
+    again = await store.accept_webhook(webhook(b"broken"))  # now it would pass the check
+    assert again.duplicate and again.event_id == first.event_id
+    assert again.state == base.QUARANTINED
+
+
+async def test_concurrent_distinct_webhooks_all_stored(store) -> None:
+    bodies = [b'{"n":%d}' % i for i in range(300)]
+    results = await asyncio.gather(*(store.accept_webhook(webhook(b)) for b in bodies))
+    assert not any(r.duplicate for r in results)
+    assert len({r.event_id for r in results}) == 300
+    pending = await store.pending_events(1000)
+    assert sorted(e.body for e in pending) == sorted(bodies)
+    assert [e.id for e in pending] == sorted(e.id for e in pending)
+    assert (await store.counts())["events_pending"] == 300
+
+
+async def test_duplicate_control_id_is_refused_and_leaves_nothing(store) -> None:
+    r1 = await store.accept_webhook(webhook(b'{"k":1}'))
+    r2 = await store.accept_webhook(webhook(b'{"k":2}'))
+    await enqueue(store, r1.event_id, message("A", "SAME"))
+    try:
+        await enqueue(store, r2.event_id, message("B", "OTHER"), message("C", "SAME"))
+    except Exception:  # noqa: BLE001 - each store raises its driver's integrity error
+        pass
+    else:
+        raise AssertionError("a second message with the same MSH-10 was queued")
+    assert [e.id for e in await store.pending_events(10)] == [r2.event_id]  # rolled back whole
+    assert await store.destinations_holding(["B", "C"]) == set()
+    claimed = await store.claim_lane_heads("ehr", 10, "n", 30, time.time())
+    assert [m.control_id for m in claimed] == ["SAME"]
+
+
+async def test_lane_order_holds_across_batches_and_skips(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"l":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"))
+    r2 = await store.accept_webhook(webhook(b'{"l":2}'))
+    await enqueue(store, r2.event_id, message("A", "A2", error="unmapped", hold=False),
+                  message("A", "A3", mtype="SIU^S13"), message("A", "A4", mtype="SIU^S14"))
+    now = time.time()
+    sent = []
+    for step in range(5):
+        heads = await store.claim_lane_heads("ehr", 10, "n", 30, now + step)
+        if not heads:
+            break
+        (m,) = heads
+        sent.append(m.control_id)
+        await deliver(store, m, now + step)
+    assert sent == ["A1", "A3", "A4"]
+    assert (await store.counts()).get("messages_skipped") == 1
+    assert await store.lanes("ehr", 10) == []  # drained lanes are not listed
+
+
+async def test_release_claims_frees_only_that_owner(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"m":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"), message("B", "B1"))
+    now = time.time()
+    (a,) = await store.claim_lane_heads("ehr", 1, "x", 30, now)
+    (b,) = await store.claim_lane_heads("ehr", 1, "y", 30, now)
+    assert {a.control_id, b.control_id} == {"A1", "B1"}
+    await store.release_claims("x")
+    (again,) = await store.claim_lane_heads("ehr", 10, "z", 30, now)
+    assert again.id == a.id and again.claims == 2 and again.fence > a.fence
+    owners = {lane["head"]: lane["owner"] for lane in await store.lanes("ehr", 10)}
+    assert owners == {a.id: "z", b.id: "y"}
+
+
+async def test_replace_payload_requeues_under_a_new_control_id(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"o":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"), message("A", "A2"))
+    now = time.time()
+    (a1,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
+    await store.record_attempts([AttemptRecord(a1.id, a1.lane_id, a1.fence, "dead", now,
+                                               ack_code="AE", detail="bad code")])
+    assert not await store.replace_payload(999_999, "X", b"x", "analyst")
+    assert await store.replace_payload(a1.id, "A1-FIX", b"MSH|fixed", "analyst")
+    (m,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 1)
+    assert (m.id, m.control_id, m.payload, m.attempts) == (a1.id, "A1-FIX", b"MSH|fixed", 0)
+    await deliver(store, m, now + 1)
+    info = await store.message(a1.id)
+    assert info["status"] == "acked" and info["error"] is None
+    assert [a["control_id"] for a in info["attempt_log"]] == ["A1", "A1-FIX"]
+    (op,) = [e for e in await store.audit("A", None, 50) if e["kind"] == "operator"]
+    assert op["trigger"] == "reprocess"
+    assert op["detail"] == {"message": a1.id, "old_control_id": "A1", "control_id": "A1-FIX"}
+    (a2,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)
+    assert a2.control_id == "A2"
+
+
+async def test_resend_of_an_acked_message_goes_ahead_of_the_head(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"p":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"), message("A", "A2"))
+    now = time.time()
+    (a1,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
+    await deliver(store, a1, now)
+    assert await store.resend(a1.id, "analyst")
+    (again,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 1)
+    assert again.control_id == "A1"
+    await deliver(store, again, now + 1)
+    (a2,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)
+    assert a2.control_id == "A2"
+    assert not await store.resend(999_999, "analyst")
+
+
+async def test_operator_views(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"q":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"), message("A", "A2"),
+                  message("B", "B1", destination="lab"))
+    now = time.time()
+    (a1,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
+    await store.record_attempts([AttemptRecord(a1.id, a1.lane_id, a1.fence, "dead", now,
+                                               ack=b"MSA|AE|A1", ack_code="AE",
+                                               detail="unknown provider")])
+    summary = await store.queue_summary(now + 10)
+    assert [(s["destination"], s["queued"], s["dead"], s["held_lanes"]) for s in summary] == [
+        ("ehr", 1, 1, 1), ("lab", 1, 0, 0)]
+    assert all(s["oldest_age_seconds"] >= 9 for s in summary)
+    lanes = await store.lanes(None, 10)
+    assert [(x["destination"], x["lane_key"], x["held"], x["queued"]) for x in lanes] == [
+        ("ehr", "A", 1, 1), ("lab", "B", 0, 1)]
+    assert [x["lane_key"] for x in await store.lanes("lab", 10)] == ["B"]
+    info = await store.message(a1.id)
+    assert {k: info[k] for k in ("status", "attempts", "error", "ack_code", "control_id")} == {
+        "status": "dead", "attempts": 1, "error": "unknown provider", "ack_code": "AE",
+        "control_id": "A1"}
+    assert info["payload"] == b"MSH|^~\\&|A1" and isinstance(info["correlation_id"], str)
+    (attempt,) = info["attempt_log"]
+    assert attempt["ack"] == b"MSA|AE|A1" and attempt["outcome"] == "dead"
+    assert await store.message(999_999) is None
+    assert await store.counts() == {"events_processed": 1, "messages_queued": 2,
+                                    "messages_dead": 1}
+    (sent,) = [e for e in await store.audit(None, None, 10) if e["kind"] == "sent"]
+    assert sent["detail"]["outcome"] == "dead" and sent["detail"]["control_id"] == "A1"
+    assert await store.audit(None, now + 3600, 10) == []
+
+
+async def test_later_result_for_an_appointment_wins_within_a_batch(store) -> None:
+    r1 = await store.accept_webhook(webhook(b'{"r":1}'))
+    r2 = await store.accept_webhook(webhook(b'{"r":2}'))
+    await store.commit_processed([
+        ProcessedEvent(r1.event_id, base.PROCESSED, appointment_id="A",
+                       appointment_state='{"v":1}', uid_links={"u1": "A"}),
+        ProcessedEvent(r2.event_id, base.PROCESSED, appointment_id="A",
+                       appointment_state='{"v":2}', uid_links={"u2": "A", "u1": "B"}),
+    ])
+    assert await store.appointment_states(["u1", "u2"]) == {"u1": '{"v":2}', "u2": '{"v":2}'}
+
+
+async def test_text_with_nul_characters_is_kept(store) -> None:
+    """JSON may carry \\u0000; a signed body must never be refused for it."""
+    hook = webhook(b'{"uid":"a\\u0000b"}')
+    odd = IncomingWebhook(**{**{f: getattr(hook, f) for f in hook.__slots__},
+                             "booking_uid": "a\x00b", "trigger": "BOOKING\x00"})
+    r = await store.accept_webhook(odd)
+    assert not r.duplicate
+    (stored,) = await store.pending_events(10)
+    assert stored.body == b'{"uid":"a\\u0000b"}'
+    await store.commit_processed([ProcessedEvent(
+        r.event_id, base.PROCESSED, appointment_id="A\x00", appointment_state='{"v":1}',
+        uid_links={"a\x00b": "A\x00"}, messages=(message("A\x00", "N1"),),
+        audit=(base.AuditEntry(at=1.0, kind="change", appointment_id="A\x00",
+                               detail={"note": "x\x00y"}),),
+    )])
+    assert await store.appointment_states(["a\x00b"]) == {"a\x00b": '{"v":1}'}
+    assert await store.destinations_holding(["A\x00"]) == {("ehr", "A\x00")}
+    (entry,) = await store.audit(None, None, 10)
+    assert entry["detail"]["note"].startswith("x")
+
+
+async def test_connection_slots(store) -> None:
+    now = time.time()
+    assert await store.acquire_slot("ehr", 2, "n1/0", 10, now) == 0
+    assert await store.acquire_slot("ehr", 2, "n2/0", 10, now) == 1
+    assert await store.acquire_slot("ehr", 2, "n3/0", 10, now) is None  # both leased
+    assert await store.acquire_slot("ehr", 2, "n1/0", 10, now + 1) == 0  # its own, renewed
+    assert await store.acquire_slot("lab", 1, "n3/0", 10, now) == 0  # per destination
+    assert await store.renew_slot("ehr", 1, "n2/0", 10, now + 5)
+    assert not await store.renew_slot("ehr", 1, "n1/0", 10, now + 5)  # not its slot
+    # n1's lease (until now + 11) lapses; n3 takes slot 0 over and n1 must stop using it
+    assert await store.acquire_slot("ehr", 2, "n3/0", 10, now + 12) == 0
+    assert not await store.renew_slot("ehr", 0, "n1/0", 10, now + 12)
+    await store.release_slot("ehr", 0, "n1/0")  # not the owner any more: no effect
+    assert await store.acquire_slot("ehr", 2, "n4/0", 10, now + 12) is None
+    await store.release_slot("ehr", 0, "n3/0")
+    assert await store.acquire_slot("ehr", 2, "n4/0", 10, now + 12) == 0
+    assert await store.acquire_slot("ehr", 0, "n5/0", 10, now) is None
+
+
+async def test_a_lone_node_leads_and_may_listen(store) -> None:
+    assert await store.try_lead("node-1")
+    assert await store.try_lead("node-1")  # still
+    seen: list[str] = []
+    await store.listen(seen.append)

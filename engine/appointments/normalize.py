@@ -242,13 +242,9 @@ def _known_booking(
     stored = held.statuses.get(p.uid, "")
     incoming, current = status_rank(draft.status), status_rank(stored)
     if incoming < current:
-        return Normalization(
-            "no_change", reason=f"stale: {draft.status} after {stored}", notes=tuple(notes)
-        )
+        return Normalization("no_change", reason=f"stale: {draft.status} after {stored}", notes=tuple(notes))
     if incoming == current and (stored in TERMINAL_STATUSES or _same_details(draft, held.last_event)):
-        return Normalization(
-            "no_change", reason=f"already held: {stored}", notes=tuple(notes)
-        )
+        return Normalization("no_change", reason=f"already held: {stored}", notes=tuple(notes))
     last = held.last_event
     if draft.status in TERMINAL_STATUSES:
         kind = EventKind.CANCEL
@@ -399,7 +395,7 @@ def _snapshot(
         patient=patient,
         provider=Provider(
             calcom_user_id=p.organizer.id,
-            name=p.organizer.name,
+            name=p.organizer.name or "",
             email=p.organizer.email,
             username=p.organizer.username,
             timezone=p.organizer.timeZone,
@@ -454,7 +450,7 @@ def _patient(
         last = _text(name.get("lastName")) or ""
     if not (first or last) and attendee:
         first, last = (attendee.firstName or "").strip(), (attendee.lastName or "").strip()
-    full = (attendee.name.strip() if attendee else "") or _text(name) or " ".join(x for x in (first, last) if x)
+    full = ((attendee.name or "").strip() if attendee else "") or _text(name) or " ".join(x for x in (first, last) if x)
     if not (first or last) and full:
         parts = full.rsplit(None, 1)
         # No separator (e.g. a CJK name): the whole name is the family name, which HL7 requires.
@@ -568,7 +564,7 @@ def parse_dob(text: str, today: date) -> tuple[date | None, str | None]:
 def _known_zone(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory, etc.
         return False
     return True
 

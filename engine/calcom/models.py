@@ -35,7 +35,7 @@ class Language(CalModel):
 
 class Organizer(CalModel):
     id: int | None = None
-    name: str = ""
+    name: str | None = None
     email: str | None = None
     username: str | None = None
     usernameInOrg: str | None = None
@@ -47,7 +47,7 @@ class Organizer(CalModel):
 
 class Attendee(CalModel):
     email: str | None = None
-    name: str = ""
+    name: str | None = None
     firstName: str | None = None
     lastName: str | None = None
     timeZone: str | None = None
@@ -156,7 +156,7 @@ class RowUser(CalModel):
 class RowAttendee(CalModel):
     id: int | None = None
     email: str | None = None
-    name: str = ""
+    name: str | None = None
     timeZone: str | None = None
     phoneNumber: str | None = None
     locale: str | None = None
@@ -208,7 +208,7 @@ class TaskerMeetingWebhook(CalModel):
 
 class ApiHost(CalModel):
     id: int | None = None
-    name: str = ""
+    name: str | None = None
     email: str | None = None
     displayEmail: str | None = None
     username: str | None = None
@@ -216,7 +216,7 @@ class ApiHost(CalModel):
 
 
 class ApiAttendee(CalModel):
-    name: str = ""
+    name: str | None = None
     email: str | None = None
     displayEmail: str | None = None
     timeZone: str | None = None

@@ -297,7 +297,10 @@ def _interpolate(value: Any, path: Path_, missing: list[tuple[Path_, str]]) -> A
 
 
 def _read(path: Path, shown: str, problems: list[Problem]) -> tuple[dict[str, Any] | None, dict[Path_, int]]:
-    """Parse one file; record problems; return (data, line index)."""
+    """Parse one file; record problems; return (data, line index).
+
+    The line index also holds the paths whose env variable was missing, under key ("!",) +
+    path, so validation does not report the same value twice."""
     lines: dict[Path_, int] = {}
     try:
         text = path.read_text(encoding="utf-8")
@@ -329,6 +332,7 @@ def _read(path: Path, shown: str, problems: list[Problem]) -> tuple[dict[str, An
     missing: list[tuple[Path_, str]] = []
     data = _interpolate(data, (), missing)
     for mpath, var in missing:
+        lines[("!",) + mpath] = 0
         problems.append(Problem(shown, ".".join(mpath), _line_for(lines, mpath),
                                 f"environment variable {var} is not set and has no default"))
     return data, lines
@@ -341,6 +345,8 @@ def _validate(model: type[_Model], data: dict[str, Any], shown: str, lines: Mapp
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False):
             loc = tuple(str(p) for p in err["loc"])
+            if ("!",) + loc in lines:
+                continue  # already reported: environment variable not set
             problems.append(Problem(shown, ".".join(loc), _line_for(lines, loc), err["msg"]))
         return None
 
@@ -361,12 +367,15 @@ def load_config(directory: str | os.PathLike[str]) -> Config:
         return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
     destinations: dict[str, Destination] = {}
+    declared: set[str] = set()  # names of destination files, valid or not: no cascading errors
     dest_dir = root / "destinations"
     for path in _files(dest_dir) if dest_dir.is_dir() else []:
         data, lines = _read(path, shown(path), problems)
         if data is None:
+            declared.add(path.stem)
             continue
         data.setdefault("name", path.stem)
+        declared.add(str(data["name"]))
         dest = _validate(Destination, data, shown(path), lines, problems)
         if dest is None:
             continue
@@ -390,8 +399,8 @@ def load_config(directory: str | os.PathLike[str]) -> Config:
             problems.append(Problem(shown(path), "name", _line_for(lines, ("name",)),
                                     f"channel {ch.name!r} is also defined in {shown(files[ch.name])}"))
             continue
-        if ch.destination not in destinations:
-            known = ", ".join(sorted(destinations)) or "none"
+        if ch.destination not in declared:
+            known = ", ".join(sorted(declared)) or "none"
             problems.append(Problem(shown(path), "destination", _line_for(lines, ("destination",)),
                                     f"unknown destination {ch.destination!r} (known: {known})"))
         try:
@@ -419,7 +428,7 @@ def load_config(directory: str | os.PathLike[str]) -> Config:
     from engine.channels.routing import probe_render  # lazy: routing imports this module
 
     for ch in config.channels:
-        error = probe_render(config, ch)
+        error = probe_render(config, ch) if ch.name in config.templates else None
         if error:
             problems.append(Problem(shown(files[ch.name]), "hl7.template", None, error))
     if problems:

@@ -310,7 +310,7 @@ def build_context(
         "patient_ids": ids,
         "last_name": patient.last_name or (patient.full_name if not patient.first_name else ""),
         "first_name": patient.first_name,
-        "dob": dob.strftime("%Y%m%d") if dob else "",
+        "dob": "%04d%02d%02d" % (dob.year, dob.month, dob.day) if dob else "",
         "sex": sex,
         **_phone_parts((answers.get(pf.phone) if pf.phone else None) or patient.phone),
         "email": patient.email or "",
@@ -350,8 +350,11 @@ def render_message(
         ctx = build_context(event, channel, destination, trigger=trigger, placer_id=placer_id,
                             control_id=control_id, now=now, old_times=old_times)
         er7 = config.templates[channel.name].render(ctx)
-    except (MappingError, TemplateError) as exc:
+    except (MappingError, TemplateError) as exc:  # their messages name keys, never values
         return OutboundMessage(er7="", payload=b"", error=str(exc), **common)
+    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the fan-out
+        # Only the type: a failing filter's message could quote patient data.
+        return OutboundMessage(er7="", payload=b"", error=f"render failed: {type(exc).__name__}", **common)
     er7, payload, error = apply_charset(er7, destination.codec, channel.hl7.unencodable)
     return OutboundMessage(er7=er7, payload=payload, error=error, **common)
 
@@ -384,8 +387,9 @@ def route(
     return result
 
 
-def probe_render(config: Config, channel: Channel) -> str | None:
-    """Render a synthetic booking with the channel's template; the template error, if any."""
+def probe_message(config: Config, channel: Channel) -> str:
+    """ER7 of a synthetic booking rendered with the channel's template and maps (unmapped keys
+    pass raw). Raises whatever the template raises."""
     start = datetime(2030, 1, 7, 15, 0, tzinfo=ZoneInfo("UTC"))
     event = AppointmentEvent(
         kind=EventKind.NEW, appointment_id="probe", booking_uid="probe", trigger="BOOKING_CREATED",
@@ -394,13 +398,18 @@ def probe_render(config: Config, channel: Channel) -> str | None:
         provider=Provider(calcom_user_id=0, name="Probe"), location=Location(kind=LocationKind.OTHER),
         event_type=EventType(id=0, slug="probe"), answers={n: "probe" for n in channel.hl7.notes},
     )
-    destination = config.destinations.get(channel.destination)
-    if destination is None:
+    destination = config.destinations[channel.destination]
+    ctx = build_context(event, channel, destination, trigger="S12", placer_id="probe",
+                        control_id="PROBE", now=start, strict=False)
+    return config.templates[channel.name].render(ctx)
+
+
+def probe_render(config: Config, channel: Channel) -> str | None:
+    """The error a channel's template raises on a synthetic booking, or None."""
+    if channel.destination not in config.destinations:
         return None  # reported already as an unknown destination
     try:
-        ctx = build_context(event, channel, destination, trigger="S12", placer_id="probe",
-                            control_id="PROBE", now=start, strict=False)
-        config.templates[channel.name].render(ctx)
+        probe_message(config, channel)
     except TemplateError as exc:
         return str(exc)
     except Exception as exc:  # a template can fail in many ways (filters, types); report the kind

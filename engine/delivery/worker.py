@@ -150,6 +150,8 @@ class DestinationWorker:
         decision = classify(ack, sent_control_id=msg.control_id, is_resend=is_resend,
                             policy=dest.ack)
         now = time.time()
+        # the EHR's own words go to the store for the analyst, never to a log line
+        detail = f"{decision.reason}: {decision.ehr_text}" if decision.ehr_text else decision.reason
         if decision.outcome == Outcome.DELIVERED:
             return AttemptRecord(msg.id, msg.lane_id, msg.fence, "delivered", now, ack=reply,
                                  ack_code=ack.code, detail=decision.reason), conn
@@ -157,7 +159,7 @@ class DestinationWorker:
             label = "application_error" if ack.code == "AE" else "rejected"
             self.metrics.messages.labels(msg.channel, self.name, msg.message_type, label).inc()
             return AttemptRecord(msg.id, msg.lane_id, msg.fence, "dead", now, ack=reply,
-                                 ack_code=ack.code, detail=decision.reason,
+                                 ack_code=ack.code, detail=detail,
                                  hold_lane=dest.ack.on_dead_letter == "hold"), conn
         if decision.outcome == Outcome.RESET:
             # never credit this reply; a fresh connection so a late ACK cannot land on the next
@@ -168,7 +170,7 @@ class DestinationWorker:
                                  ack_code=ack.code, detail=decision.reason,
                                  next_attempt_at=now + _RESET_RETRY_SECONDS), None
         label = "rejected" if ack.code in ("AR", "CR") else "application_error"
-        return self._retry(msg, dest, label, decision.reason, reply, ack.code), conn
+        return self._retry(msg, dest, label, detail, reply, ack.code), conn
 
     def _retry(
         self, msg: QueuedMessage, dest: Destination, label: str, detail: str,
@@ -176,7 +178,7 @@ class DestinationWorker:
     ) -> AttemptRecord:
         now = time.time()
         self.metrics.messages.labels(msg.channel, self.name, msg.message_type, label).inc()
-        self.status["last_error"] = detail
+        self.status["last_error"] = label  # a category only: detail may quote the EHR
         if budget_exhausted(msg.attempts + 1, dest.retry):
             return AttemptRecord(msg.id, msg.lane_id, msg.fence, "dead", now, ack=reply,
                                  ack_code=ack_code,

@@ -12,8 +12,8 @@ text can never split a segment.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 ACK_CODES: frozenset[str] = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
@@ -165,11 +165,15 @@ def parse_ack(reply: bytes | str, encoding: str = "utf-8") -> AckInfo:
         return AckInfo(None, None, parse_error=f"unparsable reply ({type(exc).__name__})")
 
 
+def _decode(data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding, "replace")
+    except LookupError:  # a misconfigured charset name must not make every ACK unreadable
+        return data.decode("utf-8", "replace")
+
+
 def _parse_ack(reply: bytes | str, encoding: str) -> AckInfo:
-    if isinstance(reply, bytes):
-        text = reply.decode(encoding, "replace")
-    else:
-        text = reply
+    text = _decode(reply, encoding) if isinstance(reply, bytes) else reply
     text = text.strip("\x0b\x1c\r\n \t\x00")
     if not text:
         return AckInfo(None, None, parse_error="empty reply")
@@ -261,7 +265,7 @@ def read_msh10(frame: bytes) -> str | None:
     parts = seg.split(seg[3:4], 10)
     if len(parts) < 10:
         return None
-    value = parts[9].strip()
+    value = parts[9].strip(b" \t\r\n\x0b\x1c")  # a frame cut after MSH-10 keeps its trailer
     return value.decode("utf-8", "replace") if value else None
 
 
@@ -273,7 +277,7 @@ def _first_msh(message: bytes | str, encoding: str) -> str:
             return ""
         end = message.find(b"\r", start)
         line = message[start : end if end >= 0 else len(message)]
-        return line.split(b"\n", 1)[0].decode(encoding, "replace")
+        return _decode(line.split(b"\n", 1)[0], encoding)
     start = message.find("MSH", 0, 64)
     if start < 0:
         return ""
@@ -338,12 +342,13 @@ def build_ack(
     now: datetime,
     encoding: str = "utf-8",
     msa2: str | None = None,
+    err_segment: bool = True,
 ) -> str:
     """An original-mode (or, with CA/CE/CR, commit) ACK for `message`, CR-terminated, no
     MLLP framing. Best effort on a broken MSH: what cannot be read is left empty.
 
     MSA-2 = the message's MSH-10 (or `msa2`, which exists for the simulator's wrong-MSA-2
-    mode); sender/receiver are swapped unless `sending_application`/`sending_facility` are
+    mode); `err_segment=False` leaves ERR out; sender/receiver are swapped unless `sending_application`/`sending_facility` are
     given; same version and processing id; for codes other than AA/CA an ERR segment
     (v2.5+: ERR-3 code^text^HL70357, ERR-4 E, ERR-8 text; before v2.5: ERR-1) and MSA-3."""
     code = code.upper()
@@ -381,6 +386,9 @@ def build_ack(
     out = [msh_out]
     if code in ("AA", "CA"):
         out.append(f"MSA|{code}|{echoed}")
+    elif not err_segment:  # a bare reject, as some EHRs send
+        tail = f"|{escape(error_text[:MAX_MSA3])}" if error_text else ""
+        out.append(f"MSA|{code}|{echoed}{tail}")
     else:
         ecode = error_code or "207"
         etext_table = ERROR_TEXTS.get(ecode, "")

@@ -43,11 +43,6 @@ def escape(value: str) -> str:
     return value.translate(_TABLE)
 
 
-def escape_components(components: tuple[str, ...] | list[str]) -> str:
-    """Join a code-map value: each component escaped on its own, then joined with `^`."""
-    return "^".join([escape(c) for c in components])
-
-
 # Characters NFKD does not decompose into ASCII but that have an accepted Latin spelling.
 _TRANSLIT_EXTRA: dict[str, str] = {
     "ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",

@@ -5,6 +5,11 @@ Raising CloseConnection from the handler closes that connection without a reply 
 the simulator to emulate an EHR that hangs up mid-exchange). Any other exception from the
 handler is logged by type only (no message content) and closes the connection: the sender
 gets no ACK and resends, which is safer than answering for a message we did not handle.
+
+Not python-hl7's `start_hl7_server`: its protocol starts the per-connection coroutine with
+`create_task` and keeps no reference to it (a task may then be garbage-collected mid-run), and
+its reader is the `readblock` one that cannot skip stray bytes or resync after an oversize
+frame (see framing.py). asyncio's own `start_server` plus FrameReader avoids both.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ async def serve(
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        # a strong reference: asyncio (3.11) keeps none for this task, and shutdown() needs it
         conns.add(task)
         peer = _peer_of(writer)
         try:

@@ -12,6 +12,7 @@ Vocabulary:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -159,6 +160,29 @@ class Store(Protocol):
     async def record_attempts(self, records: list[AttemptRecord]) -> None: ...
     async def next_ready_at(self, destination: str) -> float | None: ...
     async def release_claims(self, owner: str) -> None: ...
+
+    # -- cluster: several nodes on one PostgreSQL store (trivial on SQLite: one node) --
+    async def acquire_slot(
+        self, destination: str, max_slots: int, owner: str, lease_seconds: float, now: float
+    ) -> int | None:
+        """One of the destination's `max_slots` connection slots (0..max_slots-1) leased to
+        `owner` until now + lease_seconds, or None while every slot is held by a live lease.
+        An owner that already holds a slot gets the same one back, renewed."""
+        ...
+    async def renew_slot(
+        self, destination: str, slot: int, owner: str, lease_seconds: float, now: float
+    ) -> bool:
+        """Extend the lease; False when the slot is no longer `owner`'s (stop using it)."""
+        ...
+    async def release_slot(self, destination: str, slot: int, owner: str) -> None: ...
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(destination)` when any node queued messages for that destination;
+        returns once listening. A hint only: a missed one is found by polling."""
+        ...
+    async def try_lead(self, node_id: str) -> bool:
+        """True while this node may normalize (one node at a time keeps appointment
+        precedence across nodes); ask before every processing batch."""
+        ...
 
     # -- operators (CLI, operator API) --
     async def queue_summary(self, now: float) -> list[dict[str, Any]]: ...

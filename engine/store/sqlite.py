@@ -475,6 +475,40 @@ class SQLiteStore:
 
         return await self._call(fn)
 
+    # ------------------------------------------------------------------ cluster (one node)
+    # One process owns this file, so slots live in memory, with the same rules as on
+    # PostgreSQL; there is no other node to notify, and this one always leads.
+    async def acquire_slot(
+        self, destination: str, max_slots: int, owner: str, lease_seconds: float, now: float
+    ) -> int | None:
+        slots = self.__dict__.setdefault("_slots", {}).setdefault(destination, {})
+        mine = [n for n, (o, _) in slots.items() if o == owner and n < max_slots]
+        free = [n for n in range(max_slots) if n not in slots or slots[n][1] < now]
+        for n in sorted(mine) or free[:1]:
+            slots[n] = (owner, now + lease_seconds)
+            return n
+        return None
+
+    async def renew_slot(
+        self, destination: str, slot: int, owner: str, lease_seconds: float, now: float
+    ) -> bool:
+        slots = self.__dict__.setdefault("_slots", {}).setdefault(destination, {})
+        if slots.get(slot, (None, 0.0))[0] != owner:
+            return False
+        slots[slot] = (owner, now + lease_seconds)
+        return True
+
+    async def release_slot(self, destination: str, slot: int, owner: str) -> None:
+        slots = self.__dict__.setdefault("_slots", {}).setdefault(destination, {})
+        if slots.get(slot, (None, 0.0))[0] == owner:
+            del slots[slot]
+
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """One node: the processor wakes its workers directly."""
+
+    async def try_lead(self, node_id: str) -> bool:
+        return True
+
 
 # ---------------------------------------------------------------------- helpers (writer thread)
 def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

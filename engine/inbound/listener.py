@@ -1,0 +1,200 @@
+"""The MLLP listener for SIU from the EHRs: check, commit durably, and only then answer AA.
+
+Per frame, in order:
+1. MSH present and usable (field separator, four distinct encoding characters) -> else AE.
+2. MSH-3 is our own sending application -> AA and nothing else (an echo of our own SIU).
+3. MSH-9 is SIU -> else AR 200; the sender (MSH-3.1 / MSH-4.1) has an inbound channel -> else
+   AR 200; the trigger is one that channel takes -> else AR 201.
+4. MSH-10 present; body decodes in the channel's charset; SCH-1/2 appointment id, times (for
+   S12/S13/S14) and a provider we map (AIP-3.1 / SCH-16.1) -> else AE (ERR-3 101/102/204).
+5. The message and its Cal.com job are committed in one grouped transaction; then AA with
+   MSA-2 = MSH-10. A resend of the same (sender, MSH-10) gets the same AA and no second job.
+   A store failure answers AR 207 (a passing condition: the EHR resends).
+An oversize frame is answered AE (the framing layer resyncs on the next frame) and the
+connection stays open. Nothing here closes a connection instead of answering.
+
+Logs carry channel, trigger, MSH-10 and error codes only: never a field value of the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl as ssl_mod
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import asyncio
+
+from engine.hl7.ack import build_ack
+from engine.inbound.config import InboundConfig
+from engine.inbound.records import InboundMessage
+from engine.inbound.siu import SiuError, read_content, read_msh, segments
+from engine.metrics import Metrics
+from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES
+from engine.mllp.server import Peer, serve
+
+log = logging.getLogger("calhl7.inbound.listener")
+
+_ZONES: dict[str, ZoneInfo] = {}
+_TIMED_ACTIONS = frozenset({"create", "move", "move_if_times_changed"})
+
+
+def _zone(name: str) -> ZoneInfo:
+    z = _ZONES.get(name)
+    if z is None:
+        z = _ZONES[name] = ZoneInfo(name)
+    return z
+
+
+class InboundHandler:
+    """The per-frame logic, separate from the socket so it can be driven directly too."""
+
+    def __init__(self, store: object, config_getter: Callable[[], InboundConfig],
+                 metrics: Metrics, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.store = store
+        self.config = config_getter
+        self.metrics = metrics
+        self.max_frame_bytes = max_frame_bytes
+        self.on_accepted: Callable[[], None] = lambda: None  # wakes the worker
+
+    def _ack(self, frame: bytes | str, code: str, outcome: str, *, error: SiuError | None = None,
+             encoding: str = "latin-1") -> bytes:
+        self.metrics.listener.labels(outcome).inc()
+        now = datetime.now(UTC)
+        if error is None:
+            text = build_ack(frame, code, now=now, encoding=encoding)
+        else:
+            text = build_ack(frame, error.ack, error_code=error.code, error_text=error.text,
+                             error_location=error.location or None, now=now, encoding=encoding)
+        return text.encode("utf-8")
+
+    def oversize(self, peer: Peer) -> bytes:
+        err = SiuError("AE", "102", f"frame exceeds the {self.max_frame_bytes}-byte limit: not "
+                                    "stored; send it in smaller messages")
+        log.warning("inbound frame too large", extra={"peer": str(peer)})
+        return self._ack(b"", "AE", "oversize", error=err)
+
+    async def handle(self, frame: bytes, peer: Peer) -> bytes:
+        try:
+            return await self._handle(frame)
+        except Exception as exc:  # noqa: BLE001 - answer, never hang up silently
+            log.error("inbound handler failed", extra={"error": type(exc).__name__})
+            err = SiuError("AR", "207", "internal error; resend later")
+            try:
+                return self._ack(frame, "AR", "error", error=err)
+            except Exception:  # noqa: BLE001 - even the MSH was unusable
+                return self._ack(b"", "AR", "error", error=err)
+
+    async def _handle(self, frame: bytes) -> bytes:
+        try:
+            msh, segs = read_msh(frame.decode("latin-1"))
+        except SiuError as e:
+            log.info("inbound message unreadable", extra={"code": e.code})
+            return self._ack(frame if frame.lstrip(b"\r\n\x00 ").startswith(b"MSH") else b"",
+                             "AE", "error", error=e)
+        cfg = self.config()
+        if msh.application in cfg.own_applications:
+            return self._ack(frame, "AA", "echo")  # our own SIU came back: not processed
+        if msh.message_type != "SIU":
+            return self._reject(frame, SiuError(
+                "AR", "200", f"message type {msh.message_type[:10] or '(empty)'} is not taken "
+                             "on this interface", ("MSH", 1, 9, 1)))
+        channel = cfg.channel_for(msh.application, msh.facility)
+        if channel is None:
+            return self._reject(frame, SiuError(
+                "AR", "200", f"no inbound channel for sending application "
+                             f"{msh.application[:40] or '(empty)'} / facility "
+                             f"{msh.facility[:40] or '(empty)'}", ("MSH", 1, 3)))
+        if msh.trigger not in channel.message_types:
+            return self._reject(frame, SiuError(
+                "AR", "201", f"trigger event {msh.trigger[:10] or '(empty)'} is not taken on "
+                             "this interface", ("MSH", 1, 9, 2)))
+        if not msh.control_id:
+            return self._error(frame, SiuError("AE", "101", "MSH-10 message control id missing",
+                                               ("MSH", 1, 10)))
+        if len(msh.control_id) > 199:
+            return self._error(frame, SiuError("AE", "102", "MSH-10 longer than 199 characters",
+                                               ("MSH", 1, 10)))
+        encoding = channel.charset
+        if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+            try:
+                segs = segments(frame.decode(encoding).strip("\x0b\x1c\x00 \t\r\n"))
+            except UnicodeDecodeError:
+                return self._error(frame, SiuError("AE", "102", f"message is not valid {encoding}"))
+        action = channel.action(msh.trigger)
+        try:
+            content = read_content(segs, msh, _zone(channel.timezone),
+                                   need_time=action in _TIMED_ACTIONS)
+        except SiuError as e:
+            return self._error(frame, e)
+        provider = None
+        if content.provider_id is not None:
+            provider = channel.providers.get(content.provider_id)
+            if provider is None:
+                return self._error(frame, SiuError(
+                    "AE", "204", f"provider {content.provider_id[:40]} has no Cal.com mapping on "
+                                 f"channel {channel.name}", ("AIP", 1, 3, 1, 1)))
+        elif action in _TIMED_ACTIONS:
+            return self._error(frame, SiuError("AE", "101", "provider missing (AIP-3, SCH-16)",
+                                               ("AIP", 1, 3)))
+        params = None
+        if action != "ignore":
+            params = {
+                "action": action,
+                "start": content.start.isoformat() if content.start else None,
+                "end": content.end.isoformat() if content.end else None,
+                "duration": content.duration_minutes,
+                "provider_id": content.provider_id,
+                "location_code": content.location_code,
+            }
+        msg = InboundMessage(
+            channel=channel.name, sender=f"{msh.application}|{msh.facility}",
+            control_id=msh.control_id, trigger=msh.trigger,
+            ehr_appointment_id=content.appointment_id, payload=frame,
+            received_at=time.time(), ack_code="AA", job_params=params,
+        )
+        try:
+            result = await self.store.accept_inbound(msg)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - not stored: the EHR must resend
+            log.error("inbound message not stored", extra={"error": type(exc).__name__,
+                                                           "channel": channel.name})
+            return self._ack(frame, "AR", "store_error",
+                             error=SiuError("AR", "207", "could not store the message; resend"))
+        if result.duplicate:
+            log.info("inbound duplicate", extra={"channel": channel.name,
+                                                 "control_id": msh.control_id})
+            return self._ack(frame, result.ack_code, "duplicate")
+        if params is not None:
+            self.on_accepted()
+        return self._ack(frame, "AA", "accepted")
+
+    def _reject(self, frame: bytes, e: SiuError) -> bytes:
+        log.info("inbound message rejected", extra={"code": e.code})
+        return self._ack(frame, "AR", "rejected", error=e)
+
+    def _error(self, frame: bytes, e: SiuError) -> bytes:
+        log.info("inbound message refused", extra={"code": e.code})
+        return self._ack(frame, "AE", "error", error=e)
+
+
+async def start_listener(
+    host: str,
+    port: int,
+    *,
+    store: object,
+    config_getter: Callable[[], InboundConfig],
+    metrics: Metrics,
+    ssl: ssl_mod.SSLContext | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    idle_timeout: float | None = 300.0,
+    on_accepted: Callable[[], None] | None = None,
+) -> asyncio.Server:
+    """Listen for SIU; returns the started server (port 0: read the bound port from
+    server.sockets[0]). Stop with engine.mllp.server.shutdown(server)."""
+    handler = InboundHandler(store, config_getter, metrics, max_frame_bytes=max_frame_bytes)
+    if on_accepted is not None:
+        handler.on_accepted = on_accepted
+    return await serve(handler.handle, host, port, ssl=ssl, max_frame_bytes=max_frame_bytes,
+                       idle_timeout=idle_timeout, on_oversize=handler.oversize)

@@ -1,0 +1,91 @@
+"""Plain records the inbound path hands to the store and gets back (no I/O, no imports).
+
+They live here rather than in engine/store/base.py only so the inbound work could land
+without touching the shared protocol file; the lead may move them into base.py unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# inbound_jobs.status
+JOB_QUEUED = "queued"
+JOB_DONE = "done"
+JOB_DEAD = "dead"
+
+# inbound_blocks.status
+BLOCK_ACCEPTED = "accepted"
+BLOCK_PENDING = "pending"
+BLOCK_CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    channel: str
+    sender: str  # MSH-3.1 "|" MSH-4.1
+    control_id: str  # MSH-10
+    trigger: str  # S12 ... S15
+    ehr_appointment_id: str
+    payload: bytes  # the frame as received
+    received_at: float
+    ack_code: str = "AA"
+    job_params: dict[str, Any] | None = None  # None: stored, nothing to do in Cal.com
+
+
+@dataclass(frozen=True, slots=True)
+class InboundAccept:
+    message_id: int
+    duplicate: bool
+    ack_code: str  # what we answered the first time
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBlock:
+    """The Cal.com booking that currently blocks an EHR appointment's time."""
+
+    channel: str
+    ehr_appointment_id: str
+    current_uid: str | None
+    status: str  # accepted | pending | cancelled
+    start: str | None = None  # ISO UTC
+    end: str | None = None
+    provider_id: str | None = None
+    event_type_id: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.current_uid is not None and self.status in (BLOCK_ACCEPTED, BLOCK_PENDING)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundJob:
+    id: int
+    message_id: int
+    channel: str
+    ehr_appointment_id: str
+    trigger: str
+    params: dict[str, Any]
+    attempts: int
+    lease: int  # fence: the outcome only counts while this claim is current
+    held: HeldBlock | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UidRecord:
+    uid: str
+    previous_uid: str | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    job_id: int
+    lease: int
+    outcome: str  # done | retry | dead
+    at: float
+    detail: str | None = None  # dead: Cal.com's message; retry: why
+    next_attempt_at: float | None = None
+    held: HeldBlock | None = None  # the block after this job (upserted)
+    uids: tuple[UidRecord, ...] = field(default_factory=tuple)
+    result: dict[str, Any] | None = None

@@ -1,0 +1,240 @@
+"""SQLite side of the inbound path and of reconciliation, as a mixin for SQLiteStore.
+
+Every method runs on the store's writer thread through `self._call(fn)`, so an inbound SIU is
+group-committed with whatever else is waiting (webhooks, outcomes): one fsync for a burst.
+Tables: sql/sqlite/0002_inbound.sql.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import datetime
+from typing import Any
+
+from engine.inbound.records import (
+    HeldBlock,
+    InboundAccept,
+    InboundJob,
+    InboundMessage,
+    JobOutcome,
+)
+
+_J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class SQLiteInboundMixin:
+    _call: Any  # provided by SQLiteStore
+
+    # ------------------------------------------------------------------ listener
+    async def accept_inbound(self, msg: InboundMessage) -> InboundAccept:
+        """Store the SIU and its Cal.com job in one transaction; a resend is a duplicate."""
+
+        def fn(conn: sqlite3.Connection) -> InboundAccept:
+            cur = conn.execute(
+                "INSERT INTO inbound_messages (channel, sender, control_id, trigger,"
+                " ehr_appointment_id, payload, ack_code, received_at) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (sender, control_id) DO NOTHING",
+                (msg.channel, msg.sender, msg.control_id, msg.trigger, msg.ehr_appointment_id,
+                 msg.payload, msg.ack_code, msg.received_at),
+            )
+            if cur.rowcount != 1:
+                row = conn.execute(
+                    "SELECT id, ack_code FROM inbound_messages WHERE sender = ? AND control_id = ?",
+                    (msg.sender, msg.control_id),
+                ).fetchone()
+                return InboundAccept(row[0], True, row[1])
+            message_id = cur.lastrowid or 0
+            if msg.job_params is not None:
+                conn.execute(
+                    "INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id, trigger,"
+                    " params, status, created_at) VALUES (?,?,?,?,?,'queued',?)",
+                    (message_id, msg.channel, msg.ehr_appointment_id, msg.trigger,
+                     _J(msg.job_params), msg.received_at),
+                )
+            return InboundAccept(message_id, False, msg.ack_code)
+
+        return await self._call(fn)
+
+    # ------------------------------------------------------------------ worker
+    async def inbound_claim_jobs(self, limit: int, now: float, lease_seconds: float) -> list[InboundJob]:
+        """Heads of their appointment's queue that are due and not in flight; leased."""
+
+        def fn(conn: sqlite3.Connection) -> list[InboundJob]:
+            rows = conn.execute(
+                "SELECT j.id, j.message_id, j.channel, j.ehr_appointment_id, j.trigger, j.params,"
+                " j.attempts, j.lease FROM inbound_jobs j"
+                " WHERE j.status = 'queued' AND j.ready_at <= ?"
+                " AND (j.lease_until IS NULL OR j.lease_until < ?)"
+                " AND NOT EXISTS (SELECT 1 FROM inbound_jobs k WHERE k.status = 'queued'"
+                "  AND k.channel = j.channel AND k.ehr_appointment_id = j.ehr_appointment_id"
+                "  AND k.id < j.id)"
+                " ORDER BY j.id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            out = []
+            for jid, mid, channel, appt, trigger, params, attempts, lease in rows:
+                conn.execute(
+                    "UPDATE inbound_jobs SET lease = ?, lease_until = ? WHERE id = ?",
+                    (lease + 1, now + lease_seconds, jid),
+                )
+                out.append(InboundJob(jid, mid, channel, appt, trigger, json.loads(params),
+                                      attempts, lease + 1, _held(conn, channel, appt)))
+            return out
+
+        return await self._call(fn)
+
+    async def inbound_finish_jobs(self, outcomes: list[JobOutcome]) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            for o in outcomes:
+                row = conn.execute(
+                    "SELECT lease, status, channel, ehr_appointment_id FROM inbound_jobs"
+                    " WHERE id = ?", (o.job_id,),
+                ).fetchone()
+                if row is None or row[0] != o.lease or row[1] != "queued":
+                    continue  # our claim lapsed and someone else owns it now
+                _, _, channel, appt = row
+                # the uids first: they are what Cal.com already did, whatever the job's fate
+                for u in o.uids:
+                    conn.execute(
+                        "INSERT INTO inbound_uids (uid, channel, ehr_appointment_id,"
+                        " previous_uid, status, created_at) VALUES (?,?,?,?,?,?)"
+                        " ON CONFLICT (uid) DO UPDATE SET status = excluded.status",
+                        (u.uid, channel, appt, u.previous_uid, u.status, o.at),
+                    )
+                if o.held is not None:
+                    h = o.held
+                    conn.execute(
+                        "INSERT INTO inbound_blocks (channel, ehr_appointment_id, current_uid,"
+                        " status, start_at, end_at, provider_id, event_type_id, updated_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (channel, ehr_appointment_id)"
+                        " DO UPDATE SET current_uid = excluded.current_uid,"
+                        " status = excluded.status, start_at = excluded.start_at,"
+                        " end_at = excluded.end_at, provider_id = excluded.provider_id,"
+                        " event_type_id = excluded.event_type_id,"
+                        " updated_at = excluded.updated_at",
+                        (channel, appt, h.current_uid, h.status, h.start, h.end, h.provider_id,
+                         h.event_type_id, o.at),
+                    )
+                result = _J(o.result) if o.result is not None else None
+                if o.outcome == "retry":
+                    conn.execute(
+                        "UPDATE inbound_jobs SET attempts = attempts + 1, ready_at = ?,"
+                        " lease_until = NULL, last_error = ? WHERE id = ?",
+                        (o.next_attempt_at or o.at, o.detail, o.job_id),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE inbound_jobs SET status = ?, attempts = attempts + 1,"
+                        " lease_until = NULL, last_error = ?, result = ?, done_at = ? WHERE id = ?",
+                        ("done" if o.outcome == "done" else "dead", o.detail, result, o.at,
+                         o.job_id),
+                    )
+
+        await self._call(fn)
+
+    async def inbound_next_ready_at(self) -> float | None:
+        return await self._call(lambda c: c.execute(
+            "SELECT MIN(COALESCE(lease_until, ready_at)) FROM inbound_jobs WHERE status = 'queued'"
+        ).fetchone()[0])
+
+    # ------------------------------------------------------------------ no echo
+    async def inbound_origins(self, uids: list[str]) -> dict[str, str]:
+        """booking uid -> inbound channel (EHR) whose SIU made it; only uids we created."""
+
+        def fn(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            wanted = list(dict.fromkeys(u for u in uids if u))
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for uid, channel in conn.execute(
+                    f"SELECT uid, channel FROM inbound_uids WHERE uid IN ({marks})", chunk
+                ):
+                    out[uid] = channel
+            return out
+
+        return await self._call(fn)
+
+    # ------------------------------------------------------------------ operators, tests
+    async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
+        return await self._call(lambda c: _held(c, channel, ehr_appointment_id))
+
+    async def inbound_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT j.id, j.channel, j.ehr_appointment_id, j.trigger, j.status, j.attempts,"
+                " j.last_error, j.result, j.created_at, j.done_at, m.control_id"
+                " FROM inbound_jobs j JOIN inbound_messages m ON m.id = j.message_id"
+                " WHERE (? IS NULL OR j.status = ?) ORDER BY j.id LIMIT ?",
+                (status, status, limit),
+            ).fetchall()
+            keys = ("id", "channel", "ehr_appointment_id", "trigger", "status", "attempts",
+                    "error", "result", "created_at", "done_at", "control_id")
+            out = []
+            for r in rows:
+                d = dict(zip(keys, r, strict=True))
+                d["result"] = json.loads(d["result"]) if d["result"] else None
+                out.append(d)
+            return out
+
+        return await self._call(fn)
+
+    async def inbound_retry_job(self, job_id: int, who: str) -> bool:
+        """Put a dead job back at the head of its appointment's queue."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE inbound_jobs SET status = 'queued', ready_at = 0, lease_until = NULL,"
+                " done_at = NULL WHERE id = ? AND status = 'dead'", (job_id,))
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (time.time(), "operator", None, who, "inbound_retry", "operator",
+                     _J({"inbound_job": job_id})))
+            return cur.rowcount == 1
+
+        return await self._call(fn)
+
+    async def inbound_counts(self) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            out = {f"inbound_jobs_{s}": n for s, n in conn.execute(
+                "SELECT status, COUNT(*) FROM inbound_jobs GROUP BY status")}
+            out["inbound_messages"] = conn.execute(
+                "SELECT COUNT(*) FROM inbound_messages").fetchone()[0]
+            return out
+
+        return await self._call(fn)
+
+    # ------------------------------------------------------------------ reconciliation
+    async def reconcile_watermark(self, source: str) -> datetime | None:
+        def fn(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(
+                "SELECT watermark FROM reconcile_watermarks WHERE source = ?", (source,)
+            ).fetchone()
+            return datetime.fromisoformat(row[0]) if row else None
+
+        return await self._call(fn)
+
+    async def set_reconcile_watermark(self, source: str, ts: datetime) -> None:
+        if ts.tzinfo is None:
+            raise ValueError("the watermark must be timezone-aware")
+        await self._call(lambda c: c.execute(
+            "INSERT INTO reconcile_watermarks (source, watermark, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT (source) DO UPDATE SET watermark = excluded.watermark,"
+            " updated_at = excluded.updated_at",
+            (source, ts.isoformat(), time.time()),
+        ))
+
+
+def _held(conn: sqlite3.Connection, channel: str, appt: str) -> HeldBlock | None:
+    row = conn.execute(
+        "SELECT current_uid, status, start_at, end_at, provider_id, event_type_id"
+        " FROM inbound_blocks WHERE channel = ? AND ehr_appointment_id = ?",
+        (channel, appt),
+    ).fetchone()
+    if row is None:
+        return None
+    return HeldBlock(channel, appt, *row)

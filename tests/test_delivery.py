@@ -1,0 +1,192 @@
+"""Delivery failures over real sockets: each ends with every change at the EHR once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.sim.bookings import StoryTeller
+from engine.sim.ehr import SimPolicy, run_sim, simulator_of, stop_sim
+from tests.conftest import REPO
+from tests.engine_harness import Running, running_engine
+
+
+def fast_channels(tmp_path: Path, **overrides: Any) -> Path:
+    """The example channels with timeouts and back-off short enough for tests."""
+    target = tmp_path / "channels"
+    shutil.copytree(REPO / "channels", target)
+    for dest in (target / "destinations").glob("*.yaml"):
+        doc = yaml.safe_load(dest.read_text())
+        doc.setdefault("connection", {}).update(
+            {"response_timeout_seconds": 0.5, "connect_timeout_seconds": 0.5,
+             "reconnect_initial_seconds": 0.05, "reconnect_max_seconds": 0.2})
+        doc.setdefault("retry", {}).update(
+            {"initial_seconds": 0.05, "max_seconds": 0.2, "max_attempts": 50})
+        for key, value in overrides.items():
+            doc.setdefault(key, {}).update(value)
+        dest.write_text(yaml.safe_dump(doc))
+    return target
+
+
+def received(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def assert_once_in_order(eng_log: Path, acked_rows: list[tuple[str, str, int]]) -> None:
+    """Every acked message reached the EHR under its one MSH-10; per appointment, in order."""
+    seen = received(eng_log)
+    by_control: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in seen:
+        by_control[rec["msh10"]].append(rec)
+    for control_id, _appt, _id in acked_rows:
+        assert control_id in by_control, f"{control_id} never reached the EHR"
+    # first arrival order per SCH-1 follows the queue order
+    first_seen = {}
+    for i, rec in enumerate(seen):
+        first_seen.setdefault(rec["msh10"], i)
+    per_appt: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for control_id, appt, msg_id in acked_rows:
+        per_appt[appt].append((msg_id, control_id))
+    for appt, rows in per_appt.items():
+        order = [first_seen[c] for _, c in sorted(rows)]
+        assert order == sorted(order), f"appointment {appt} delivered out of order"
+
+
+async def acked(eng: Running, destination: str) -> list[tuple[str, str, int]]:
+    rows = []
+    for i in range(1, 100_000):
+        msg = await eng.store.message(i)
+        if msg is None:
+            break
+        if msg["destination"] == destination and msg["status"] == "acked":
+            rows.append((msg["control_id"], msg["appointment_id"], msg["id"]))
+    return rows
+
+
+async def post_stories(eng: Running, count: int, seed: int = 1) -> None:
+    teller = StoryTeller(seed=seed)
+    for _ in range(count):
+        for hook in teller.story().webhooks:
+            r = await eng.post(hook)
+            assert r.status_code == 200, r.text
+
+
+async def test_ehr_down_at_start_then_up(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              start_sims=False) as eng:
+        await post_stories(eng, 15)
+        await asyncio.sleep(0.5)
+        assert (await eng.store.counts()).get("messages_queued", 0) > 0  # waiting on disk
+        ports = eng.sims["ports"]
+        main = await run_sim("127.0.0.1", ports["main"], SimPolicy(), tmp_path / "main.jsonl")
+        legacy = await run_sim("127.0.0.1", ports["legacy"], SimPolicy(encoding="ascii"),
+                               tmp_path / "legacy.jsonl")
+        try:
+            counts = await eng.settle(30)
+            assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+            assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
+        finally:
+            await stop_sim(main)
+            await stop_sim(legacy)
+
+
+async def test_application_error_dead_letters_and_holds_only_its_lane(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(ar_match=[], ae_every=1)) as eng:
+        teller = StoryTeller(seed=3)
+        b, created = teller.created()
+        while b.event_type[1] != 731042:  # an in-person family visit
+            b, created = teller.created()
+        await eng.post(created)
+        await eng.post(teller.rescheduled(b))
+        await eng.settle(5)
+        dead = await eng.store.dead_letters(10)
+        main_dead = [d for d in dead if d["destination"] == "ehr-main"]
+        assert len(main_dead) == 1 and main_dead[0]["message_type"].endswith("S12")
+        assert "AE" in (await eng.store.message(main_dead[0]["id"]))["ack_code"]
+        queued_behind = [lane for lane in await eng.store.lanes("ehr-main", 10) if lane["held"]]
+        assert len(queued_behind) == 1 and queued_behind[0]["queued"] == 1  # the S13 waits
+        # the legacy EHR's lane for the same appointment was not held
+        legacy = [m for m in await acked(eng, "ehr-legacy")]
+        assert len(legacy) == 2
+        # the analyst fixes the EHR side and resends: same bytes, same MSH-10, then the S13
+        simulator_of(eng.sims["main_server"]).policy = SimPolicy()
+        assert await eng.store.resend(main_dead[0]["id"], "analyst")
+        counts = await eng.settle(10)
+        assert counts.get("messages_queued", 0) == 0
+        rows = await acked(eng, "ehr-main")
+        assert [r[0] for r in rows][0] == main_dead[0]["control_id"]
+        assert_once_in_order(tmp_path / "main.jsonl", rows)
+
+
+async def test_reject_then_accept_is_retried_and_delivered(tmp_path: Path) -> None:
+    policy = SimPolicy(ar_match=["MSH-9.2=S12"], ar_error_code="207")  # internal error: retry
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              main_policy=policy) as eng:
+        await post_stories(eng, 8, seed=11)
+        await asyncio.sleep(0.6)
+        assert (await eng.store.counts()).get("messages_dead", 0) == 0
+        sim = simulator_of(eng.sims["main_server"])
+        assert sim.acks.get("AR", 0) >= 1
+        sim.policy = SimPolicy()
+        counts = await eng.settle(10)
+        assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+        assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
+
+
+async def test_silent_ehr_times_out_and_resends_same_control_id(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(silent=True)) as eng:
+        await post_stories(eng, 4, seed=4)
+        await asyncio.sleep(1.5)
+        sim = simulator_of(eng.sims["main_server"])
+        sim.policy = SimPolicy()
+        counts = await eng.settle(10)
+        assert counts.get("messages_queued", 0) == 0
+        seen = received(tmp_path / "main.jsonl")
+        assert len({r["msh10"] for r in seen}) < len(seen)  # resent, same MSH-10
+        rows = await acked(eng, "ehr-main")
+        assert {r["msh10"] for r in seen} == {c for c, _, _ in rows}  # no new control ids
+
+
+async def test_wrong_msa2_is_never_credited(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(wrong_msa2=True)) as eng:
+        await post_stories(eng, 4, seed=5)
+        await asyncio.sleep(0.8)
+        assert await acked(eng, "ehr-main") == []
+        simulator_of(eng.sims["main_server"]).policy = SimPolicy()
+        counts = await eng.settle(10)
+        assert counts.get("messages_queued", 0) == 0
+        assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
+
+
+async def test_ehr_that_closes_after_reading(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(close_after_read=True)) as eng:
+        await post_stories(eng, 4, seed=6)
+        await asyncio.sleep(0.8)
+        simulator_of(eng.sims["main_server"]).policy = SimPolicy()
+        counts = await eng.settle(10)
+        assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+        assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
+
+
+async def test_resend_answered_with_duplicate_key_counts_as_delivered(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(silent=True)) as eng:
+        await post_stories(eng, 4, seed=8)
+        await asyncio.sleep(0.8)  # the EHR stored it but never answered: we will resend
+        sim = simulator_of(eng.sims["main_server"])
+        sim.policy = SimPolicy(duplicate_key_ae=True)
+        counts = await eng.settle(10)
+        assert counts.get("messages_dead", 0) == 0 and counts.get("messages_queued", 0) == 0
+        assert sim.acks.get("AE", 0) >= 1  # it said "duplicate key" and we took it as delivered
