@@ -108,6 +108,7 @@ class Engine:
             if name in self._workers:
                 continue
             stop = asyncio.Event()
+            self.metrics.init_destination(name)
             status = self.readiness.destinations.setdefault(name, {})
             worker = DestinationWorker(
                 name, lambda n=name: self.config().destinations[n], self.store, self.metrics,
@@ -144,25 +145,19 @@ class Engine:
                 entry[0].wake.set()
 
     # ------------------------------------------------------------------ gauges
+    async def refresh_gauges(self) -> None:
+        """Queue gauges from the store: right after a restart, and the same on every node."""
+        summary = await self.store.queue_summary(time.time())
+        counts = await self.store.counts()
+        self.metrics.set_queue_gauges(summary, self.config().destinations,
+                                      counts.get("events_quarantined", 0))
+
     async def _refresh_gauges(self) -> None:
         while not self.stop.is_set():
-            with contextlib.suppress(Exception):
-                summary = await self.store.queue_summary(time.time())
-                seen = set()
-                for row in summary:
-                    d = row["destination"]
-                    seen.add(d)
-                    self.metrics.queue_depth.labels(d).set(row["queued"])
-                    self.metrics.oldest_age.labels(d).set(row["oldest_age_seconds"])
-                    self.metrics.dead_letters.labels(d).set(row["dead"])
-                    self.metrics.held_lanes.labels(d).set(row["held_lanes"])
-                for d in set(self.config().destinations) - seen:
-                    self.metrics.queue_depth.labels(d).set(0)
-                    self.metrics.oldest_age.labels(d).set(0)
-                    self.metrics.dead_letters.labels(d).set(0)
-                    self.metrics.held_lanes.labels(d).set(0)
-                counts = await self.store.counts()
-                self.metrics.quarantined.set(counts.get("events_quarantined", 0))
+            try:
+                await self.refresh_gauges()
+            except Exception as exc:  # noqa: BLE001 - readiness reports the store; keep trying
+                log.warning("gauge refresh failed", extra={"error": type(exc).__name__})
             await _sleep_or_stop(self.stop, 2.0)
 
     # ------------------------------------------------------------------ run
@@ -172,6 +167,9 @@ class Engine:
         release = getattr(self.store, "release_all_claims", None)
         if release is not None:  # single node: what was in flight at a crash goes again
             await release()
+        for source in self.settings.secrets:
+            self.metrics.init_source(source)
+        await self.refresh_gauges()  # the first scrape already shows what waits on disk
         http = WebhookApp(
             self.store, self.metrics,
             HttpSettings(self.settings.secrets, self.settings.max_body_bytes,

@@ -1,11 +1,32 @@
 """Metric definitions. Labels are bounded sets only: channel, destination, source, trigger,
-message type, outcome. Never a booking id, patient or provider.
+message type, outcome (and the Cal.com API endpoint family). Never a booking id, a control id,
+a patient or a provider: 10,000 bookings make no more series than 100 (tests/test_metrics.py).
 
 One `Metrics` object per engine, on its own registry, handed to whoever counts: tests can
 run several engines in one process and read each one's figures.
+
+Counters count what this process did since it started (they start at zero on a restart, as
+Prometheus expects). Gauges that describe what waits on disk (queue depth, oldest age, dead
+letters, held lanes, quarantined events) are read from the store, so they are right from the
+first scrape after a restart and agree across nodes sharing one store.
+
+Names follow the Prometheus conventions: `calhl7_` prefix, base units in the name (`_seconds`,
+`_messages`), `_total` on counters.
+
+Outcome label values:
+- webhooks:  accepted, duplicate, ignored, quarantined, rejected_signature, too_large,
+             unknown_source, store_error (a webhook refused or not stored has no trusted
+             trigger: trigger="other")
+- events:    routed, unrouted, no_change, ignored, quarantined
+- messages:  acked, application_error (AE/CE), rejected (AR/CR), timeout, connection_error,
+             bad_reply (MSA-2 mismatch, unparsable), dead_lettered, resent (the same bytes and
+             MSH-10 again), reprocessed (sent under a new MSH-10 after an operator's fix)
+- reconnects: connected, failed, peer_closed
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -20,6 +41,11 @@ KNOWN_TRIGGERS = frozenset(
         "PING",
     }
 )
+
+WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "quarantined", "rejected_signature",
+                    "too_large", "unknown_source", "store_error")
+MESSAGE_OUTCOMES = ("acked", "application_error", "rejected", "timeout", "connection_error",
+                    "bad_reply", "dead_lettered", "resent", "reprocessed")
 
 
 def trigger_label(trigger: str | None) -> str:
@@ -46,7 +72,7 @@ class Metrics:
             ["channel", "destination", "message_type"], registry=r,
         )
         self.messages = Counter(
-            "calhl7_messages_total", "Delivery attempts by outcome",
+            "calhl7_messages_total", "Delivery attempts and results by outcome",
             ["channel", "destination", "message_type", "outcome"], registry=r,
         )
         self.ack_seconds = Histogram(
@@ -65,20 +91,25 @@ class Metrics:
             ["destination", "outcome"], registry=r,
         )
         self.queue_depth = Gauge(
-            "calhl7_queue_depth_messages", "Messages waiting", ["destination"], registry=r,
+            "calhl7_queue_depth_messages", "Messages waiting (from the store)", ["destination"],
+            registry=r,
         )
         self.oldest_age = Gauge(
-            "calhl7_queue_oldest_age_seconds", "Age of the oldest waiting message",
+            "calhl7_queue_oldest_age_seconds",
+            "Age of the oldest waiting message, from webhook accepted (from the store)",
             ["destination"], registry=r,
         )
         self.dead_letters = Gauge(
-            "calhl7_dead_letters", "Dead-lettered messages", ["destination"], registry=r,
+            "calhl7_dead_letter_messages", "Dead-lettered messages waiting for an analyst "
+            "(from the store)", ["destination"], registry=r,
         )
         self.held_lanes = Gauge(
-            "calhl7_held_lanes", "Lanes held by a dead letter", ["destination"], registry=r,
+            "calhl7_held_lanes", "Lanes held by a dead letter (from the store)", ["destination"],
+            registry=r,
         )
         self.quarantined = Gauge(
-            "calhl7_quarantined_events", "Signed webhooks waiting for a fix", registry=r,
+            "calhl7_quarantined_events", "Signed webhooks waiting for a fix (from the store)",
+            registry=r,
         )
         self.listener = Counter(
             "calhl7_listener_messages_total", "Inbound MLLP messages by outcome",
@@ -98,3 +129,34 @@ class Metrics:
             "calhl7_config_reloads_total", "Channel configuration reloads", ["outcome"],
             registry=r,
         )
+
+    # ------------------------------------------------------------------ zero series
+    # A series that appears only at its first increment hides that increment from rate()
+    # and increase(); the label values known at start are exported at zero right away.
+    def init_source(self, source: str) -> None:
+        for outcome in ("rejected_signature", "too_large"):
+            self.webhooks.labels(source, "other", outcome)
+
+    def init_destination(self, destination: str) -> None:
+        self.connections.labels(destination)
+        for outcome in ("connected", "failed", "peer_closed"):
+            self.reconnects.labels(destination, outcome)
+        for gauge in (self.queue_depth, self.oldest_age, self.dead_letters, self.held_lanes):
+            gauge.labels(destination)
+
+    def set_queue_gauges(self, summary: Iterable[dict[str, object]],
+                         destinations: Iterable[str], quarantined: int) -> None:
+        """Gauges from the store: `summary` is Store.queue_summary(); a configured destination
+        absent from it has nothing waiting."""
+        seen = set()
+        for row in summary:
+            d = str(row["destination"])
+            seen.add(d)
+            self.queue_depth.labels(d).set(row["queued"])  # type: ignore[arg-type]
+            self.oldest_age.labels(d).set(row["oldest_age_seconds"])  # type: ignore[arg-type]
+            self.dead_letters.labels(d).set(row["dead"])  # type: ignore[arg-type]
+            self.held_lanes.labels(d).set(row["held_lanes"])  # type: ignore[arg-type]
+        for d in set(destinations) - seen:
+            for gauge in (self.queue_depth, self.oldest_age, self.dead_letters, self.held_lanes):
+                gauge.labels(d).set(0)
+        self.quarantined.set(quarantined)

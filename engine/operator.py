@@ -152,11 +152,20 @@ async def cmd_quarantine(store: Store, args: argparse.Namespace) -> int:
 async def cmd_audit(store: Store, args: argparse.Namespace) -> int:
     since = None
     if args.since:
-        since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        try:
+            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            print(f"--since: not an ISO time: {args.since!r}", file=sys.stderr)
+            return 2
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
         since = since.timestamp()
-    rows = await store.audit(args.appointment, since, args.limit)
+    appointment = args.appointment
+    if appointment:  # a booking uid (each reschedule makes one) finds its appointment too
+        states = await store.appointment_states([appointment])
+        if appointment in states:
+            appointment = json.loads(states[appointment]).get("appointment_id", appointment)
+    rows = await store.audit(appointment, since, args.limit)
     if args.json:
         for r in rows:
             print(json.dumps({**r, "at": _fmt_time(r["at"])}))
@@ -206,7 +215,7 @@ def register(sub: argparse._SubParsersAction, store_args: argparse.ArgumentParse
 
     p = sub.add_parser("audit", parents=[store_args],
                        help="who booked, moved or cancelled what, and what we sent")
-    p.add_argument("--appointment")
+    p.add_argument("--appointment", help="appointment id or any booking uid of it")
     p.add_argument("--since", help="ISO time, e.g. 2026-03-10T00:00:00Z")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")

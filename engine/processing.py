@@ -93,9 +93,13 @@ class Processor:
         results = [self._process(e, states, holding, config) for e in events]
         await self.store.commit_processed(results)
         destinations = {m.destination for r in results for m in r.messages}
-        for r in results:
+        for e, r in zip(events, results, strict=True):
             for m in r.messages:
                 self.metrics.messages_queued.labels(m.channel, m.destination, m.message_type).inc()
+                if m.error is not None:  # unmapped code, render failure: dead from the start
+                    self.metrics.messages.labels(m.channel, m.destination, m.message_type,
+                                                 "dead_lettered").inc()
+            _log_processed(e, r)
         if destinations:
             self.on_enqueued(destinations)
         return len(events)
@@ -159,6 +163,8 @@ class Processor:
             trigger=event.trigger, source=event.source,
             detail={
                 "event": stored.id, "kind": str(event.kind), "booking_uid": event.booking_uid,
+                "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+                "received_at": received_at.isoformat(),
                 "status": event.status, "start": event.start.isoformat(),
                 "end": event.end.isoformat(), "correlation_id": stored.correlation_id,
                 "routed_to": sorted({m.destination for m in messages}),
@@ -188,3 +194,27 @@ class Processor:
             error=m.error,  # type: ignore[attr-defined]
             hold_lane=destination.ack.on_dead_letter == "hold",
         )
+
+
+def _log_processed(e: StoredEvent, r: ProcessedEvent) -> None:
+    """One debug line per event and per queued message, a warning for what needs an analyst;
+    ids, codes and PHI-free reasons only (a quarantine reason is a field path)."""
+    ids = {"event_id": e.id, "correlation_id": e.correlation_id}
+    if r.state == base.QUARANTINED:
+        log.warning("event quarantined", extra={**ids, "reason": r.reason})
+    for m in r.messages:
+        fields = {**ids, "channel": m.channel, "destination": m.destination,
+                  "message_type": m.message_type, "control_id": m.control_id}
+        if m.error is not None:
+            log.warning("message dead at render", extra=fields)  # the error is in the store
+        else:
+            log.debug("message queued", extra=fields)
+    if log.isEnabledFor(logging.DEBUG):
+        if r.state != base.PROCESSED:
+            outcome = r.state
+        elif r.reason is None or r.reason == "unrouted":
+            outcome = r.reason or "routed"
+        else:
+            outcome = "no_change"
+        log.debug("event processed", extra={**ids, "outcome": outcome,
+                                            "messages": len(r.messages)})

@@ -131,3 +131,31 @@ async def open_loop(host: str, port: int, requests: Iterator[bytes], rate: float
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+async def send_all(host: str, port: int, requests: Sequence[bytes], connections: int
+                   ) -> LoadResult:
+    """Send every request of the list exactly once over `connections` keep-alive
+    connections (closed loop), as fast as the answers come."""
+    result = LoadResult()
+    it = iter(requests)
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for req in it:
+                t0 = time.perf_counter()
+                writer.write(req)
+                result.sent += 1
+                status = await _read_response(reader)
+                result.latencies.append(time.perf_counter() - t0)
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if 200 <= status < 300:
+                    result.ok += 1
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    result.seconds = time.perf_counter() - start
+    return result

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -13,13 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PG_URL = os.environ.get("CALHL7_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-STORE_KINDS = ["sqlite"]
-try:  # the PostgreSQL store joins the same suite as soon as it exists
-    import engine.store.postgres  # noqa: F401
-
-    STORE_KINDS.append("postgres")
-except ImportError:
-    pass
+STORE_KINDS = ["sqlite", "postgres"]  # every store and pipeline test runs on both
 
 
 def free_port() -> int:
@@ -28,8 +25,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SCHEMAS: list[str] = []
+
+
 async def _pg_schema_url() -> str:
-    """A fresh schema per test, so tests never see each other's rows."""
+    """A fresh schema that lives until the end of the test session."""
     import asyncpg
 
     schema = "t_" + uuid.uuid4().hex[:12]
@@ -43,7 +43,64 @@ async def _pg_schema_url() -> str:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
     finally:
         await conn.close()
+    _SCHEMAS.append(schema)
     return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_session_schemas() -> Iterator[None]:
+    yield
+    if not _SCHEMAS:
+        return
+
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            for schema in _SCHEMAS:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:  # no event loop may be running here
+        pool.submit(asyncio.run, drop()).result()
+
+
+@asynccontextmanager
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh schema per test, so tests never see each other's rows; dropped afterwards."""
+    import asyncpg
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    try:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CALHL7_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None: the engine's default SQLite store; else a PostgreSQL URL of a fresh schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    async with pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -52,12 +109,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         from engine.store.sqlite import SQLiteStore
 
         s = SQLiteStore(tmp_path / "store.sqlite3")
-    else:
-        from engine.store.postgres import PostgresStore
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
+        return
+    from engine.store.postgres import PostgresStore
 
-        s = PostgresStore(await _pg_schema_url())
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+    async with pg_schema() as url:
+        s = PostgresStore(url)
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()

@@ -79,8 +79,8 @@ async def post_stories(eng: Running, count: int, seed: int = 1) -> None:
             assert r.status_code == 200, r.text
 
 
-async def test_ehr_down_at_start_then_up(tmp_path: Path) -> None:
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+async def test_ehr_down_at_start_then_up(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               start_sims=False) as eng:
         await post_stories(eng, 15)
         await asyncio.sleep(0.5)
@@ -98,8 +98,8 @@ async def test_ehr_down_at_start_then_up(tmp_path: Path) -> None:
             await stop_sim(legacy)
 
 
-async def test_application_error_dead_letters_and_holds_only_its_lane(tmp_path: Path) -> None:
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+async def test_application_error_dead_letters_and_holds_only_its_lane(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(ar_match=[], ae_every=1)) as eng:
         teller = StoryTeller(seed=3)
         b, created = teller.created()
@@ -127,9 +127,9 @@ async def test_application_error_dead_letters_and_holds_only_its_lane(tmp_path: 
         assert_once_in_order(tmp_path / "main.jsonl", rows)
 
 
-async def test_reject_then_accept_is_retried_and_delivered(tmp_path: Path) -> None:
+async def test_reject_then_accept_is_retried_and_delivered(tmp_path: Path, store_url: str | None) -> None:
     policy = SimPolicy(ar_match=["MSH-9.2=S12"], ar_error_code="207")  # internal error: retry
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=policy) as eng:
         await post_stories(eng, 8, seed=11)
         await asyncio.sleep(0.6)
@@ -142,8 +142,8 @@ async def test_reject_then_accept_is_retried_and_delivered(tmp_path: Path) -> No
         assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
 
 
-async def test_silent_ehr_times_out_and_resends_same_control_id(tmp_path: Path) -> None:
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+async def test_silent_ehr_times_out_and_resends_same_control_id(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(silent=True)) as eng:
         await post_stories(eng, 4, seed=4)
         await asyncio.sleep(1.5)
@@ -157,8 +157,8 @@ async def test_silent_ehr_times_out_and_resends_same_control_id(tmp_path: Path) 
         assert {r["msh10"] for r in seen} == {c for c, _, _ in rows}  # no new control ids
 
 
-async def test_wrong_msa2_is_never_credited(tmp_path: Path) -> None:
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+async def test_wrong_msa2_is_never_credited(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(wrong_msa2=True)) as eng:
         await post_stories(eng, 4, seed=5)
         await asyncio.sleep(0.8)
@@ -169,8 +169,8 @@ async def test_wrong_msa2_is_never_credited(tmp_path: Path) -> None:
         assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
 
 
-async def test_ehr_that_closes_after_reading(tmp_path: Path) -> None:
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+async def test_ehr_that_closes_after_reading(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(close_after_read=True)) as eng:
         await post_stories(eng, 4, seed=6)
         await asyncio.sleep(0.8)
@@ -180,8 +180,8 @@ async def test_ehr_that_closes_after_reading(tmp_path: Path) -> None:
         assert_once_in_order(tmp_path / "main.jsonl", await acked(eng, "ehr-main"))
 
 
-async def test_resend_answered_with_duplicate_key_counts_as_delivered(tmp_path: Path) -> None:
-    async with running_engine(tmp_path, channels_dir=fast_channels(tmp_path),
+async def test_resend_answered_with_duplicate_key_counts_as_delivered(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(silent=True)) as eng:
         await post_stories(eng, 4, seed=8)
         await asyncio.sleep(0.8)  # the EHR stored it but never answered: we will resend

@@ -17,8 +17,8 @@ def sample(name: str) -> bytes:
     return compact(json.loads((SHARED / "calcom" / "webhooks" / f"{name}.json").read_text()))
 
 
-async def test_signed_sample_is_accepted_and_processed(tmp_path: Path) -> None:
-    async with running_engine(tmp_path) as eng:
+async def test_signed_sample_is_accepted_and_processed(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         r = await eng.post(sample("booking_created"))
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "accepted"
@@ -27,9 +27,9 @@ async def test_signed_sample_is_accepted_and_processed(tmp_path: Path) -> None:
         assert counts.get("messages_acked", 0) >= 1  # reached a simulated EHR
 
 
-async def test_signature_failures_store_nothing(tmp_path: Path) -> None:
+async def test_signature_failures_store_nothing(tmp_path: Path, store_url: str | None) -> None:
     body = sample("booking_created")
-    async with running_engine(tmp_path) as eng:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         missing = await eng.client.post("/webhooks/calcom", content=body,
                                         headers={"Content-Type": "application/json"})
         wrong = await eng.post(body, secret="another-secret")
@@ -41,9 +41,9 @@ async def test_signature_failures_store_nothing(tmp_path: Path) -> None:
         assert await eng.store.counts() == {}
 
 
-async def test_two_secrets_while_rotating_and_per_source_secrets(tmp_path: Path) -> None:
+async def test_two_secrets_while_rotating_and_per_source_secrets(tmp_path: Path, store_url: str | None) -> None:
     secrets = {"default": ["new-secret", "old-secret"], "clinic-b": ["b-secret"]}
-    async with running_engine(tmp_path, secrets=secrets) as eng:
+    async with running_engine(tmp_path, store_url=store_url, secrets=secrets) as eng:
         old = await eng.post(sample("booking_created"), secret="old-secret")
         new = await eng.post(sample("booking_rescheduled"), secret="new-secret")
         b = await eng.post(sample("booking_created"), secret="b-secret",
@@ -56,8 +56,8 @@ async def test_two_secrets_while_rotating_and_per_source_secrets(tmp_path: Path)
         assert b_wrong.status_code == 401 and unknown.status_code == 404
 
 
-async def test_oversized_body_is_refused_without_storing(tmp_path: Path) -> None:
-    async with running_engine(tmp_path) as eng:
+async def test_oversized_body_is_refused_without_storing(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         # announce 5 MB, send only the first KB: the answer must come without the rest
         reader, writer = await asyncio.open_connection("127.0.0.1", eng.engine.http_port)
         writer.write(b"POST /webhooks/calcom HTTP/1.1\r\nHost: x\r\n"
@@ -80,7 +80,7 @@ async def test_oversized_body_is_refused_without_storing(tmp_path: Path) -> None
         assert await eng.store.counts() == {}
 
 
-async def test_signed_but_unusable_bodies_are_quarantined_not_refused(tmp_path: Path) -> None:
+async def test_signed_but_unusable_bodies_are_quarantined_not_refused(tmp_path: Path, store_url: str | None) -> None:
     created = sample("booking_created")
     cases = {
         "truncated": (created[: len(created) // 2], "application/json"),
@@ -92,7 +92,7 @@ async def test_signed_but_unusable_bodies_are_quarantined_not_refused(tmp_path: 
                                  "2026-03-10T18:00:00Z", "payload": {"startTime": "x"}}),
                         "application/json"),
     }
-    async with running_engine(tmp_path) as eng:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         for name, (body, ctype) in cases.items():
             r = await eng.post(body, **{"Content-Type": ctype})
             assert r.status_code == 202, (name, r.text)
@@ -102,8 +102,8 @@ async def test_signed_but_unusable_bodies_are_quarantined_not_refused(tmp_path: 
         assert all(q.body for q in quarantined)  # raw bytes kept for a fix and a reprocess
 
 
-async def test_ping_and_unknown_triggers_are_ignored(tmp_path: Path) -> None:
-    async with running_engine(tmp_path) as eng:
+async def test_ping_and_unknown_triggers_are_ignored(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         ping = await eng.post({"triggerEvent": "PING", "createdAt": "2026-03-10T18:00:00Z",
                                "payload": {}})
         other = await eng.post({"triggerEvent": "SOMETHING_NEW", "createdAt":
@@ -113,9 +113,9 @@ async def test_ping_and_unknown_triggers_are_ignored(tmp_path: Path) -> None:
         assert {r.json()["status"] for r in (ping, other, ended)} == {"ignored"}
 
 
-async def test_concurrent_duplicates_give_one_event(tmp_path: Path) -> None:
+async def test_concurrent_duplicates_give_one_event(tmp_path: Path, store_url: str | None) -> None:
     body = sample("booking_created")
-    async with running_engine(tmp_path) as eng:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         replies = await asyncio.gather(*(eng.post(body) for _ in range(20)))
         statuses = sorted(r.json()["status"] for r in replies)
         assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 19
@@ -125,9 +125,9 @@ async def test_concurrent_duplicates_give_one_event(tmp_path: Path) -> None:
         assert sum(main.acks.values()) == 1  # one S12 reached the main EHR
 
 
-async def test_hard_names_survive_intake(tmp_path: Path) -> None:
+async def test_hard_names_survive_intake(tmp_path: Path, store_url: str | None) -> None:
     teller = StoryTeller(seed=5)
-    async with running_engine(tmp_path) as eng:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         for _ in range(12):  # the patient list cycles through every hard name
             _, hook = teller.created()
             r = await eng.post(hook)
@@ -137,16 +137,16 @@ async def test_hard_names_survive_intake(tmp_path: Path) -> None:
         assert counts.get("events_quarantined", 0) == 0
 
 
-async def test_health_and_readiness(tmp_path: Path) -> None:
-    async with running_engine(tmp_path) as eng:
+async def test_health_and_readiness(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         assert (await eng.client.get("/healthz")).status_code == 200
         ready = await eng.client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["channels_loaded"] is True
         assert (await eng.client.get("/webhooks/calcom")).status_code == 405
 
 
-async def test_client_speaking_http_to_nothing_gets_404(tmp_path: Path) -> None:
-    async with running_engine(tmp_path) as eng:
+async def test_client_speaking_http_to_nothing_gets_404(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url) as eng:
         r = await eng.client.get("/nope")
         assert r.status_code == 404
         assert isinstance(eng.client, httpx.AsyncClient)

@@ -91,10 +91,10 @@ class RateBudget:
     def __init__(self, per_minute: float = 120.0, burst: float | None = None) -> None:
         if per_minute <= 0:
             raise ValueError("per_minute must be positive")
-        self.rate = per_minute / 60.0
-        # Cal.com counts a fixed 60 s window: a burst as large as the window would be allowed
-        # once, but then nothing for a minute; a small burst keeps the flow even.
-        self.capacity = burst if burst is not None else max(1.0, min(per_minute / 6.0, 20.0))
+        # Any 60 s window sees at most burst + rate * 60 requests: keep that at the limit, so a
+        # long burst never trips Cal.com's throttler (which then blocks the key for a minute).
+        self.capacity = burst if burst is not None else max(1.0, min(per_minute / 12.0, 10.0))
+        self.rate = max(per_minute - self.capacity, per_minute / 2.0) / 60.0
         self._tokens = self.capacity
         self._stamp = time.monotonic()
         self._paused_until = 0.0
@@ -331,7 +331,7 @@ class CalcomApi:
                     raise CalcomUnavailable(endpoint, status, message, maybe_applied=True)
                 if attempt >= self.max_attempts:
                     raise CalcomUnavailable(endpoint, status, message)
-                await self._backoff(endpoint, attempt, _reset_seconds(resp.headers))
+                await self._backoff(endpoint, attempt, _header_seconds(resp.headers, "retry-after"))
                 continue
             if status == 409:
                 self._count(endpoint, "conflict")

@@ -218,13 +218,16 @@ async def reconcile_once(
     skew: timedelta = DEFAULT_SKEW,
     on_fed: Callable[[], None] | None = None,
     fetch_event_titles: bool = True,
+    titles: dict[int, str | None] | None = None,
 ) -> ReconcileSummary:
+    """One pass from `since`; `titles` (event type id -> title) may be kept by the caller
+    across runs to save the event-type calls."""
     if since.tzinfo is None:
         raise ValueError("since must be timezone-aware")
     started = datetime.now(UTC)
     summary = ReconcileSummary(source, since)
     seen: set[str] = set()
-    titles: dict[int, str | None] = {}
+    titles = {} if titles is None else titles
     after = _iso(since)
     sweeps = (
         {"afterUpdatedAt": after, "sortUpdatedAt": "asc", "status": ALL_STATUSES},
@@ -293,13 +296,18 @@ async def run_reconciler(
     on_fed: Callable[[], None] | None = None,
 ) -> None:
     """Every `interval_seconds`: reconcile from the stored watermark, then move it."""
+    titles: dict[int, str | None] = {}
+    titles_at = time.monotonic()
     while not stop.is_set():
+        if time.monotonic() - titles_at > 3600:  # event types get renamed: refresh hourly
+            titles.clear()
+            titles_at = time.monotonic()
         try:
             since = await store.reconcile_watermark(source)
             if since is None:
                 since = datetime.now(UTC) - initial_lookback
             summary = await reconcile_once(api, store, since=since, source=source,
-                                           metrics=metrics, on_fed=on_fed)
+                                           metrics=metrics, on_fed=on_fed, titles=titles)
             if summary.watermark is not None:
                 await store.set_reconcile_watermark(source, summary.watermark)
             if metrics is not None:

@@ -47,6 +47,7 @@ class DestinationWorker:
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.status = status if status is not None else {}
+        self.status.setdefault("connections", 0)  # /readyz shows every destination
         self._connected: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -91,6 +92,7 @@ class DestinationWorker:
         except ConnectError as exc:
             self.metrics.reconnects.labels(self.name, "failed").inc()
             self.status["last_error"] = str(exc)
+            self.status["last_error_at"] = time.time()
             log.warning("connect failed", extra={"destination": self.name, "error": str(exc)})
             return None
         reconnect.reset()
@@ -126,10 +128,12 @@ class DestinationWorker:
         self, conn: MLLPConnection, msg: QueuedMessage, dest: Destination
     ) -> tuple[AttemptRecord, MLLPConnection | None]:
         """Send one message; return its outcome and the connection, or None if it is gone."""
-        sent_at = time.perf_counter()
         is_resend = msg.claims > 1 or msg.attempts > 0
         if is_resend:
-            self.metrics.messages.labels(msg.channel, self.name, msg.message_type, "resent").inc()
+            again = await self._sent_before(msg)
+            if again is not None:
+                self.metrics.messages.labels(msg.channel, self.name, msg.message_type, again).inc()
+        sent_at = time.perf_counter()
         try:
             try:
                 reply = await conn.send(msg.payload)
@@ -172,6 +176,20 @@ class DestinationWorker:
         label = "rejected" if ack.code in ("AR", "CR") else "application_error"
         return self._retry(msg, dest, label, detail, reply, ack.code), conn
 
+    async def _sent_before(self, msg: QueuedMessage) -> str | None:
+        """The metric outcome of sending a message claimed before: `resent` when its MSH-10
+        went out before, `reprocessed` when only other MSH-10s did (an operator's fix), None
+        when it never went out (its claim was released after a failed connect or a broken
+        batch; or a crash cut the record). attempts is 0 only then or after an operator's
+        action, so the attempt log is read on that rare path only."""
+        if msg.attempts > 0:
+            return "resent"
+        detail = await self.store.message(msg.id)
+        sent = {a["control_id"] for a in (detail or {}).get("attempt_log", ())}
+        if msg.control_id in sent:
+            return "resent"
+        return "reprocessed" if sent else None
+
     def _retry(
         self, msg: QueuedMessage, dest: Destination, label: str, detail: str,
         reply: bytes | None, ack_code: str | None,
@@ -179,30 +197,38 @@ class DestinationWorker:
         now = time.time()
         self.metrics.messages.labels(msg.channel, self.name, msg.message_type, label).inc()
         self.status["last_error"] = label  # a category only: detail may quote the EHR
+        self.status["last_error_at"] = now
         if budget_exhausted(msg.attempts + 1, dest.retry):
             return AttemptRecord(msg.id, msg.lane_id, msg.fence, "dead", now, ack=reply,
                                  ack_code=ack_code,
                                  detail=f"retry budget exhausted after {msg.attempts + 1}"
                                         f" attempts; last: {detail}",
                                  hold_lane=dest.ack.on_dead_letter == "hold")
+        delay = backoff_seconds(msg.attempts + 1, dest.retry)
+        log.info("delivery failed; will retry", extra={
+            **_ids(msg, self.name), "outcome": label, "ack_code": ack_code,
+            "attempt": msg.attempts + 1, "retry_in_seconds": round(delay, 3)})
         return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", now, ack=reply,
-                             ack_code=ack_code, detail=detail,
-                             next_attempt_at=now + backoff_seconds(msg.attempts + 1, dest.retry))
+                             ack_code=ack_code, detail=detail, next_attempt_at=now + delay)
 
     async def _record(self, record: AttemptRecord, msg: QueuedMessage, dest: Destination) -> None:
         await self.store.record_attempts([record])
         if record.outcome == "delivered":
             self.metrics.messages.labels(msg.channel, self.name, msg.message_type, "acked").inc()
-            if msg.accepted_at:
-                self.metrics.end_to_end_seconds.labels(self.name).observe(
-                    time.time() - msg.accepted_at)
+            latency = time.time() - msg.accepted_at if msg.accepted_at else None
+            if latency is not None:
+                self.metrics.end_to_end_seconds.labels(self.name).observe(latency)
+            self.status["last_ack_at"] = record.at
+            log.info("message delivered", extra={
+                **_ids(msg, self.name), "ack_code": record.ack_code,
+                "attempt": msg.attempts + 1,
+                "end_to_end_seconds": round(latency, 3) if latency is not None else None})
         elif record.outcome == "dead":
             self.metrics.messages.labels(msg.channel, self.name, msg.message_type,
                                          "dead_lettered").inc()
-            log.warning("dead letter", extra={"destination": self.name, "message_id": msg.id,
-                                              "control_id": msg.control_id,
-                                              "correlation_id": msg.correlation_id,
-                                              "ack_code": record.ack_code})
+            log.warning("dead letter", extra={**_ids(msg, self.name),
+                                              "ack_code": record.ack_code,
+                                              "attempt": msg.attempts + 1})
 
     # ------------------------------------------------------------------ helpers
     async def _idle(self, stop: asyncio.Event) -> None:
@@ -225,6 +251,13 @@ class DestinationWorker:
         (self._connected.add if up else self._connected.discard)(slot)
         self.metrics.connections.labels(self.name).set(len(self._connected))
         self.status["connections"] = len(self._connected)
+
+
+def _ids(msg: QueuedMessage, destination: str) -> dict[str, object]:
+    """What a delivery log line names: ids and codes, never the message or the EHR's words."""
+    return {"destination": destination, "channel": msg.channel, "message_id": msg.id,
+            "message_type": msg.message_type, "control_id": msg.control_id,
+            "correlation_id": msg.correlation_id}
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

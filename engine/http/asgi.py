@@ -7,8 +7,10 @@ framework) keeps the request path short: this endpoint is the one Cal.com hammer
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -27,6 +29,9 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _CHECK_TO_STATE = {"accept": base.PENDING, "quarantine": base.QUARANTINED, "ignore": base.IGNORED}
+_PROBE_OWNER = "readyz-probe"  # owns no lane: releasing its claims is a write that changes nothing
+
+log = logging.getLogger("calhl7.http")
 
 
 @dataclass
@@ -94,20 +99,26 @@ class WebhookApp:
         secrets = self.settings.secrets.get(source)
         if not secrets and not self.settings.insecure_unsigned:
             count.labels("unknown", "other", "unknown_source").inc()
+            log.warning("webhook refused: unknown source")  # the path is not ours to log
             await _json(send, 404, {"error": "unknown webhook source; configure its secret"})
             return
+        # only configured sources become label values (--insecure-dev takes any path)
+        label = source if source in self.settings.secrets else "unconfigured"
         headers = _headers(scope)
         try:
             body = await _read_body(receive, headers, self.settings.max_body_bytes)
         except ConnectionError:
             return  # the client hung up mid-body: nothing was stored, nobody to answer
         except BodyTooLarge:
-            count.labels(source, "other", "too_large").inc()
+            count.labels(label, "other", "too_large").inc()
+            log.warning("webhook refused: body too large", extra={
+                "source": label, "limit_bytes": self.settings.max_body_bytes})
             await _json(send, 413, {"error": f"body over {self.settings.max_body_bytes} bytes"},
                         close=True)
             return
         if secrets and not verify_signature(body, headers.get("x-cal-signature-256"), secrets):
-            count.labels(source, "other", "rejected_signature").inc()
+            count.labels(label, "other", "rejected_signature").inc()
+            log.warning("webhook refused: bad signature", extra={"source": label})
             await _json(send, 401, {"error": "missing or wrong X-Cal-Signature-256"})
             return
         check = check_webhook(body, headers.get("content-type"))
@@ -126,24 +137,36 @@ class WebhookApp:
         )
         try:
             result = await self.store.accept_webhook(webhook)
-        except Exception:  # noqa: BLE001 - not stored: Cal.com must see a failure
-            count.labels(source, trigger_label(check.trigger), "store_error").inc()
+        except Exception as exc:  # noqa: BLE001 - not stored: Cal.com must see a failure
+            count.labels(label, trigger_label(check.trigger), "store_error").inc()
+            log.error("webhook not stored: answered 503", extra={
+                "source": label, "trigger": trigger_label(check.trigger),
+                "correlation_id": webhook.correlation_id, "error": type(exc).__name__})
             await _json(send, 503, {"error": "could not store the event; not accepted"})
             return
         trigger = trigger_label(check.trigger)
+        fields = {"source": label, "trigger": trigger, "event_id": result.event_id,
+                  "correlation_id": webhook.correlation_id}
         if result.duplicate:
-            count.labels(source, trigger, "duplicate").inc()
+            count.labels(label, trigger, "duplicate").inc()
+            # the correlation id that counts is the first delivery's, stored with event_id
+            log.info("webhook duplicate", extra={k: v for k, v in fields.items()
+                                                 if k != "correlation_id"})
             await _json(send, 200, {"status": "duplicate", "event": result.event_id})
         elif state == base.QUARANTINED:
-            count.labels(source, trigger, "quarantined").inc()
+            count.labels(label, trigger, "quarantined").inc()
+            # the reason names a field path, never a value
+            log.warning("webhook quarantined", extra={**fields, "reason": check.reason})
             await _json(send, 202, {"status": "quarantined", "event": result.event_id,
                                     "reason": check.reason})
         elif state == base.IGNORED:
-            count.labels(source, trigger, "ignored").inc()
+            count.labels(label, trigger, "ignored").inc()
+            log.debug("webhook ignored", extra={**fields, "reason": check.reason})
             await _json(send, 200, {"status": "ignored", "event": result.event_id,
                                     "reason": check.reason})
         else:
-            count.labels(source, trigger, "accepted").inc()
+            count.labels(label, trigger, "accepted").inc()
+            log.debug("webhook accepted", extra=fields)
             self.on_accepted()
             await _json(send, 200, {"status": "accepted", "event": result.event_id,
                                     "correlation_id": webhook.correlation_id})
@@ -151,10 +174,11 @@ class WebhookApp:
 
     async def _ready(self, send: Send) -> None:
         store_ok = True
-        try:
-            await self.store.counts()
-        except Exception:  # noqa: BLE001
+        try:  # a write that changes nothing: a read-only or wedged store is not ready
+            await asyncio.wait_for(self.store.release_claims(_PROBE_OWNER), timeout=2.0)
+        except Exception as exc:  # noqa: BLE001
             store_ok = False
+            log.warning("readiness: store not writable", extra={"error": type(exc).__name__})
         ready = store_ok and self.readiness.channels_loaded
         await _json(send, 200 if ready else 503, {
             "ready": ready,

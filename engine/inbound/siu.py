@@ -40,6 +40,7 @@ class MshInfo:
     trigger: str  # MSH-9.2
     control_id: str  # MSH-10
     version: str
+    fields: tuple[str, ...] = ()  # raw MSH fields, fields[i] = MSH-(i+1) (fields[1] = MSH-2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ def read_msh(text: str) -> tuple[MshInfo, list[str]]:
         trigger=_c(mtype, d, 1),
         control_id=_f(f, 9).strip(),
         version=_c(_f(f, 11), d),
+        fields=tuple(f),
     )
     return info, segs
 
@@ -117,6 +119,13 @@ def _fields(segs: list[str], tag: str, d: Delims) -> list[str] | None:
 def parse_hl7_time(value: str, zone: ZoneInfo) -> datetime:
     """HL7 DTM/TS `YYYYMMDD[HHMM[SS[.S+]]][+/-ZZZZ]` -> aware UTC datetime."""
     v = value.strip()
+    if len(v) == 19 and v[14] in "+-" and v[:14].isdigit() and v[15:].isdigit():
+        # the common full form, e.g. 20250321140000-0500
+        minutes = int(v[15:17]) * 60 + int(v[17:19])
+        offset = timedelta(minutes=minutes if v[14] == "+" else -minutes)
+        naive = datetime(int(v[0:4]), int(v[4:6]), int(v[6:8]), int(v[8:10]), int(v[10:12]),
+                         int(v[12:14]))
+        return (naive - offset).replace(tzinfo=UTC)
     offset: timedelta | None = None
     for sign in ("+", "-"):
         pos = v.find(sign, 8)

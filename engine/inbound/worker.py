@@ -224,26 +224,66 @@ class InboundWorker:
     async def _act(self, ctx: _Ctx) -> dict[str, Any]:
         p = ctx.job.params
         action = p["action"]
-        held = ctx.held
         if action == "cancel":
-            if held is None or not held.active:
+            if ctx.held is None or not ctx.held.active:
                 return {"did": "nothing", "why": "no block held"}
-            await self._cancel(ctx)
-            return {"did": "cancelled", "uid": held.current_uid}
-        start, end = p["start"], p["end"]
-        provider_id = p["provider_id"]
-        if held is None or not held.active:
+            try:
+                await self._cancel(ctx)
+            except CalcomRejected as exc:
+                if not _gone(exc) or not await self._follow(ctx):
+                    if _gone(exc):
+                        return {"did": "nothing", "why": "block already gone in Cal.com"}
+                    raise
+                await self._cancel(ctx)
+            return {"did": "cancelled", "uid": ctx.held.current_uid if ctx.held else None}
+        if ctx.held is None or not ctx.held.active:
             booking = await self._create(ctx)
             return {"did": "created", "uid": booking.uid, "status": _status(booking)}
-        times_same = _same_instant(held.start, start) and _same_instant(held.end, end)
-        if times_same and held.provider_id == provider_id:
+        try:
+            return await self._move(ctx)
+        except CalcomRejected as exc:
+            # changed in Cal.com itself (moved or cancelled there): act on what holds it now
+            if not _gone(exc):
+                raise
+            if not await self._follow(ctx):
+                booking = await self._create(ctx)
+                return {"did": "created", "uid": booking.uid, "status": _status(booking)}
+            return await self._move(ctx)
+
+    async def _move(self, ctx: _Ctx) -> dict[str, Any]:
+        p, held = ctx.job.params, ctx.held
+        assert held is not None
+        times_same = _same_instant(held.start, p["start"]) and _same_instant(held.end, p["end"])
+        if times_same and held.provider_id == p["provider_id"]:
             return {"did": "nothing", "why": "times unchanged"}
-        if held.provider_id != provider_id:
+        if held.provider_id != p["provider_id"]:
             await self._cancel(ctx)
             booking = await self._create(ctx)
             return {"did": "replaced", "uid": booking.uid, "status": _status(booking)}
         booking = await self._reschedule(ctx)
         return {"did": "moved", "uid": booking.uid, "status": _status(booking)}
+
+    async def _follow(self, ctx: _Ctx) -> bool:
+        """Follow the held booking's reschedule chain in Cal.com to the booking that holds the
+        time now; record it. False when nothing holds it any more (cancelled there)."""
+        held = ctx.held
+        assert held is not None and held.current_uid is not None
+        uid = held.current_uid
+        booking = await self.api.get_booking(uid)
+        for _ in range(10):
+            if booking.status.lower() != "cancelled" or not booking.rescheduledToUid:
+                break
+            nxt = booking.rescheduledToUid
+            booking = await self.api.get_booking(nxt)
+            ctx.uids.append(UidRecord(nxt, uid, _status(booking)))
+            uid = nxt
+        status = _status(booking)
+        ctx.set_held(replace(held, current_uid=booking.uid, status=status,
+                             start=booking.start.astimezone(UTC).isoformat(),
+                             end=booking.end.astimezone(UTC).isoformat()))
+        log.warning("inbound block was changed in Cal.com", extra={
+            "job": ctx.job.id, "channel": ctx.job.channel, "status": status})
+        return ctx.held is not None and ctx.held.active
 
     # ------------------------------------------------------------------ Cal.com steps
     async def _create(self, ctx: _Ctx) -> ApiBooking:
@@ -328,6 +368,12 @@ class InboundWorker:
             await self.api.cancel_booking(uid, ctx.channel.cancellation_reason)
         ctx.uids.append(UidRecord(uid, None, BLOCK_CANCELLED))
         ctx.set_held(replace(held, status=BLOCK_CANCELLED))
+
+
+def _gone(exc: CalcomRejected) -> bool:
+    """400/404 on a booking we hold: it was cancelled or moved in Cal.com, not by us."""
+    return exc.status in (400, 404) and exc.endpoint in ("bookings.reschedule",
+                                                         "bookings.cancel")
 
 
 class _Ctx:

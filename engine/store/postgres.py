@@ -10,15 +10,19 @@ give every test a schema of its own; `open()` checks which schema that resolved 
 Same semantics as the SQLite store (tests/test_store.py runs on both); what several nodes add:
 - intake group commit: concurrent `accept_webhook` calls queue up while a flush is in
   flight and the next flush stores all of them in one statement (one commit, one round trip);
-  identical bodies from two nodes at once leave one row, the second sees a duplicate;
+  identical bodies from two nodes at once leave one row, the second sees a duplicate; a
+  statement that lost its connection is tried again (it is idempotent: Cal.com never retries);
 - lanes are claimed with `FOR UPDATE SKIP LOCKED` and a lease; the lane's fence is bumped at
   every claim and an outcome only counts while its fence is current (a node whose lease
   lapsed decides nothing); every statement that changes a lane locks its row first;
+  `record_attempts` is one round trip (calhl7_record_attempt in sql/postgres/0001_initial.sql);
 - a destination's connection limit holds for the cluster (`destination_slots`, leased);
 - `commit_processed` NOTIFYs `calhl7_outbound` with each destination that got messages, and
   `listen()` relays those on a dedicated connection;
 - `try_lead()` holds a session advisory lock on a dedicated connection, so only one node
   normalizes at a time (appointment precedence holds across nodes);
+- `commit_processed` only marks events that are still pending and fails whole otherwise
+  (`NotPending`): a node whose lead lapsed mid-batch cannot queue a second set of messages;
 - migrations run under `pg_advisory_xact_lock`, so nodes may start at the same moment;
 - nothing releases other nodes' claims at start (there is no `release_all_claims`): the
   leases of a dead node expire and its lanes are taken over.
@@ -38,6 +42,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -64,6 +69,18 @@ _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Seria
 # a batch failing on one bad row: store the others one by one, fail only that one
 _ROW_ERRORS = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# the server went away (restart, failover, a killed session): worth another try on a fresh
+# connection (asyncpg may report a session killed just before use as an internal client error)
+_LOST = (OSError, asyncpg.exceptions.PostgresConnectionError,
+         asyncpg.exceptions.OperatorInterventionError, asyncpg.InterfaceError,
+         asyncpg.exceptions.InternalClientError)
+_INTAKE_ATTEMPTS = 3  # Cal.com never retries: a webhook we fail to store is lost
+
+
+class NotPending(RuntimeError):
+    """commit_processed for an event that is no longer pending: another node processed it
+    (its leadership lapsed while it worked, or ours did). Nothing of the batch is kept."""
+
 
 _ACCEPT = """
 WITH input AS (
@@ -80,9 +97,10 @@ WITH input AS (
 )
 SELECT id, source, body_sha256, state, TRUE AS inserted FROM inserted
 UNION ALL
-SELECT e.id, e.source, e.body_sha256, e.state, FALSE
+SELECT e.id, e.source, e.body_sha256, e.state, $11::bool AND e.correlation_id = i.correlation_id
 FROM received_events e JOIN input i ON e.source = i.source AND e.body_sha256 = i.body_sha256
 """
+# ($11: a retry after a lost reply, where a row with our correlation id is our own)
 # rows committed by another node after the statement above started are invisible to it:
 # the few keys it returned nothing for are simply asked again by the next statement
 
@@ -112,30 +130,10 @@ FROM bumped b JOIN claimed c ON c.id = b.lane_id
 ORDER BY c.ready_at, c.id
 """
 
-# Point lanes at their next live message after `after` (or empty them): the first queued
-# message, or a dead one that holds the lane; dead ones that do not hold it are skipped.
-_ADVANCE = """
-WITH target AS (
-    SELECT t.lane_id, t.after,
-           (SELECT o.id FROM outbound o
-            WHERE o.lane_id = t.lane_id AND o.id > t.after
-              AND (o.status = 'queued' OR (o.status = 'dead' AND o.hold_lane))
-            ORDER BY o.id LIMIT 1) AS head
-    FROM unnest($1::bigint[], $2::bigint[]) AS t (lane_id, after)
-), skipped AS (
-    UPDATE outbound o SET status = 'skipped'
-    FROM target t
-    WHERE o.lane_id = t.lane_id AND o.id > t.after AND o.status = 'dead' AND NOT o.hold_lane
-      AND (t.head IS NULL OR o.id < t.head)
+_RECORD = (
+    "SELECT calhl7_record_attempt($1::bigint, $2::bigint, $3::bigint, $4::text, $5::float8,"
+    " $6::bytea, $7::text, $8::text, $9::float8, $10::bool)"
 )
-UPDATE lanes l
-SET head_id = t.head,
-    held = COALESCE(h.status = 'dead', FALSE),
-    ready_at = CASE WHEN h.status = 'queued' THEN $3 ELSE l.ready_at END,
-    owner = NULL, lease_until = NULL
-FROM target t LEFT JOIN outbound h ON h.id = t.head
-WHERE l.id = t.lane_id
-"""
 
 _AUDIT_INSERT = (
     "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
@@ -168,7 +166,7 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
-        conn = await asyncpg.connect(self.url)
+        conn = await self._connect("calhl7-migrate")
         try:
             schema = await conn.fetchval("SELECT current_schema()")
             if schema is None:
@@ -180,7 +178,8 @@ class PostgresStore:
         self._lead_key = _lock_key("lead", schema)
         self._closing = False
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=self._min, max_size=self._max, command_timeout=60
+            self.url, min_size=self._min, max_size=self._max, command_timeout=60,
+            server_settings=self._settings("calhl7"),
         )
 
     async def close(self) -> None:
@@ -203,6 +202,17 @@ class PostgresStore:
             await asyncio.wait_for(pool.close(), timeout=10)
         except TimeoutError:
             pool.terminate()
+
+    def _settings(self, application_name: str) -> dict[str, str]:
+        """Name our sessions for pg_stat_activity, unless the URL names them already."""
+        if "application_name" in parse_qs(urlsplit(self.url).query):
+            return {}
+        return {"application_name": application_name}
+
+    async def _connect(self, application_name: str) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.url, timeout=10, server_settings=self._settings(application_name)
+        )
 
     def _p(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -250,7 +260,14 @@ class PostgresStore:
         self, batch: list[tuple[IncomingWebhook, asyncio.Future[AcceptResult]]]
     ) -> None:
         try:
-            results = await self._insert_events([w for w, _ in batch])
+            for attempt in range(1, _INTAKE_ATTEMPTS + 1):
+                try:  # idempotent (unique hash), so a lost connection is simply tried again
+                    results = await self._insert_events([w for w, _ in batch], attempt > 1)
+                    break
+                except _LOST:
+                    if attempt == _INTAKE_ATTEMPTS or self._pool is None:
+                        raise
+                    await asyncio.sleep(0.05 * attempt)
         except Exception as exc:  # noqa: BLE001 - handed to the callers
             if len(batch) > 1 and isinstance(exc, _ROW_ERRORS):
                 for item in batch:  # one row cannot be stored: the others still are
@@ -264,7 +281,9 @@ class PostgresStore:
             if not fut.done():
                 fut.set_result(result)
 
-    async def _insert_events(self, webhooks: list[IncomingWebhook]) -> list[AcceptResult]:
+    async def _insert_events(
+        self, webhooks: list[IncomingWebhook], retry: bool = False
+    ) -> list[AcceptResult]:
         first: dict[tuple[str, bytes], int] = {}
         keys = []
         for i, w in enumerate(webhooks):
@@ -279,7 +298,7 @@ class PostgresStore:
                  _s(w.booking_uid), w.received_at, _s(w.correlation_id), w.state, _s(w.reason))
                 for w in todo
             ), strict=True))
-            for r in await self._p().fetch(_ACCEPT, *columns):
+            for r in await self._p().fetch(_ACCEPT, *columns, retry):
                 found[(r["source"], bytes(r["body_sha256"]))] = (r["id"], r["state"],
                                                                  r["inserted"])
             todo = [w for w in todo if (_s(w.source), bytes(w.body_sha256)) not in found]
@@ -329,13 +348,22 @@ class PostgresStore:
         if not results:
             return
 
+        marks = {r.event_id: (r.state, _s(r.reason)) for r in results}
+
         async def fn(conn: asyncpg.Connection) -> None:
             now = time.time()
-            await conn.executemany(
-                "UPDATE received_events SET state = $2, reason = $3, processed_at = $4"
-                " WHERE id = $1",
-                [(r.event_id, r.state, _s(r.reason), now) for r in results],
+            # only pending events: a second node processing the same batch (its lead
+            # lapsed while it worked) fails here instead of queuing every message twice
+            status = await conn.execute(
+                "UPDATE received_events e SET state = t.state, reason = t.reason,"
+                " processed_at = $4"
+                " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t (id, state, reason)"
+                " WHERE e.id = t.id AND e.state = 'pending'",
+                list(marks), [m[0] for m in marks.values()], [m[1] for m in marks.values()], now,
             )
+            if _rowcount(status) != len(marks):
+                raise NotPending(f"{len(marks) - _rowcount(status)} of {len(marks)} events"
+                                 " were no longer pending")
             states = [(_s(r.appointment_id), r.appointment_state, now) for r in results
                       if r.appointment_id and r.appointment_state is not None]
             if states:  # in order: a later result for the same appointment wins
@@ -383,19 +411,24 @@ class PostgresStore:
         ]
 
     async def record_attempts(self, records: list[AttemptRecord]) -> None:
+        """One round trip, one transaction: a call of calhl7_record_attempt (sql/postgres) per
+        record, pipelined, lanes locked in id order (a lane's records keep their order)."""
         if not records:
             return
-
-        async def fn(conn: asyncpg.Connection) -> None:
-            if len({r.lane_id for r in records}) > 1:  # one lock order for everybody
-                await conn.execute(
-                    "SELECT 1 FROM lanes WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
-                    sorted({r.lane_id for r in records}),
-                )
-            for rec in records:
-                await _apply_attempt(conn, rec)
-
-        await self._tx(fn)
+        rows = [
+            (r.message_id, r.lane_id, r.fence, r.outcome, r.at, r.ack, _s(r.ack_code),
+             _s(r.detail), r.next_attempt_at or r.at, r.hold_lane)
+            for r in sorted(records, key=lambda r: r.lane_id)
+        ]
+        for attempt in range(1, _TX_ATTEMPTS + 1):
+            try:
+                async with self._p().acquire() as conn:
+                    await conn.executemany(_RECORD, rows)  # atomic: all or nothing
+                return
+            except _RETRYABLE:
+                if attempt == _TX_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.002, 0.02) * attempt)
 
     async def next_ready_at(self, destination: str) -> float | None:
         return await self._p().fetchval(
@@ -482,7 +515,7 @@ class PostgresStore:
                 await self._connect_listener()
 
     async def _connect_listener(self) -> None:
-        conn = await asyncpg.connect(self.url)
+        conn = await self._connect("calhl7-listen")
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         except BaseException:
@@ -528,7 +561,7 @@ class PostgresStore:
             try:
                 if conn is None or conn.is_closed():
                     self._leading = False
-                    conn = self._lead_conn = await asyncpg.connect(self.url, timeout=10)
+                    conn = self._lead_conn = await self._connect("calhl7-lead")
                 if self._leading:
                     await conn.fetchval("SELECT 1", timeout=10)  # the session, so the lock, lives
                     return True
@@ -823,8 +856,12 @@ async def _lock_lane(conn: asyncpg.Connection, lane_id: int) -> None:
 async def _advance_lanes(
     conn: asyncpg.Connection, lanes: Sequence[tuple[int, int]], now: float
 ) -> None:
-    """Each (lane, after message id): its next live message becomes the head (lanes locked)."""
-    await conn.execute(_ADVANCE, [lane for lane, _ in lanes], [after for _, after in lanes], now)
+    """Each (lane, after message id): its next live message becomes the head, dead letters
+    that do not hold the lane are skipped (sql/postgres: calhl7_advance_lanes; lanes locked)."""
+    await conn.execute(
+        "SELECT calhl7_advance_lanes($1::bigint[], $2::bigint[], $3::float8)",
+        [lane for lane, _ in lanes], [after for _, after in lanes], now,
+    )
 
 
 async def _requeue_in_lane(conn: asyncpg.Connection, lane_id: int, message_id: int) -> None:
@@ -910,60 +947,3 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
         for i, value in enumerate(row):
             cols[i].append(value)
     return cols
-
-
-async def _apply_attempt(conn: asyncpg.Connection, rec: AttemptRecord) -> None:
-    row = await conn.fetchrow(
-        "SELECT l.fence, l.head_id, o.control_id, o.appointment_id, o.destination, o.channel,"
-        " o.message_type FROM lanes l JOIN outbound o ON o.id = $1 WHERE l.id = $2"
-        " FOR UPDATE OF l",
-        rec.message_id, rec.lane_id,
-    )
-    if row is None:
-        return
-    fence, head_id, control_id, appointment_id, destination, channel, mtype = row
-    await conn.execute(
-        "INSERT INTO attempts (message_id, at, control_id, outcome, ack_code, ack, detail)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        rec.message_id, rec.at, control_id, rec.outcome, _s(rec.ack_code), rec.ack,
-        _s(rec.detail),
-    )
-    if fence != rec.fence or head_id != rec.message_id:
-        return  # our claim was taken over (lease lapsed): the new owner decides
-    if rec.outcome == "delivered":
-        await conn.execute(
-            "UPDATE outbound SET status = 'acked', attempts = attempts + 1, ack_code = $2,"
-            " acked_at = $3, last_error = NULL WHERE id = $1",
-            rec.message_id, _s(rec.ack_code), rec.at,
-        )
-        await _advance_lanes(conn, [(rec.lane_id, rec.message_id)], rec.at)
-    elif rec.outcome == "retry":
-        await conn.execute(
-            "UPDATE outbound SET attempts = attempts + 1, ack_code = $2, last_error = $3"
-            " WHERE id = $1",
-            rec.message_id, _s(rec.ack_code), _s(rec.detail),
-        )
-        await conn.execute(
-            "UPDATE lanes SET ready_at = $2, owner = NULL, lease_until = NULL WHERE id = $1",
-            rec.lane_id, rec.next_attempt_at or rec.at,
-        )
-    else:
-        await conn.execute(
-            "UPDATE outbound SET status = $5, attempts = attempts + 1, ack_code = $2,"
-            " last_error = $3, hold_lane = $4 WHERE id = $1",
-            rec.message_id, _s(rec.ack_code), _s(rec.detail), rec.hold_lane,
-            base.DEAD if rec.hold_lane else base.SKIPPED,
-        )
-        if rec.hold_lane:
-            await conn.execute(
-                "UPDATE lanes SET held = TRUE, owner = NULL, lease_until = NULL WHERE id = $1",
-                rec.lane_id,
-            )
-        else:
-            await _advance_lanes(conn, [(rec.lane_id, rec.message_id)], rec.at)
-    if rec.outcome != "retry":
-        await conn.execute(
-            _AUDIT_INSERT, rec.at, "sent", appointment_id, "engine", mtype, destination,
-            _json({"message": rec.message_id, "control_id": control_id, "channel": channel,
-                   "outcome": rec.outcome, "ack_code": rec.ack_code}),
-        )

@@ -135,3 +135,90 @@ CREATE TABLE nodes (
     started_at DOUBLE PRECISION NOT NULL,
     last_seen  DOUBLE PRECISION NOT NULL
 );
+
+-- Point lanes at their next live message after `after` (or empty them): the first queued
+-- message, or a dead one that holds the lane; dead ones that do not hold it are skipped.
+-- The caller holds the lanes' row locks.
+CREATE FUNCTION calhl7_advance_lanes(
+    p_lanes BIGINT[], p_after BIGINT[], p_now DOUBLE PRECISION
+) RETURNS VOID LANGUAGE plpgsql AS $$  -- plpgsql: its plan is cached per session
+BEGIN
+    WITH target AS (
+        SELECT t.lane_id, t.after,
+               (SELECT o.id FROM outbound o
+                WHERE o.lane_id = t.lane_id AND o.id > t.after
+                  AND (o.status = 'queued' OR (o.status = 'dead' AND o.hold_lane))
+                ORDER BY o.id LIMIT 1) AS head
+        FROM unnest(p_lanes, p_after) AS t (lane_id, after)
+    ), skipped AS (
+        UPDATE outbound o SET status = 'skipped'
+        FROM target t
+        WHERE o.lane_id = t.lane_id AND o.id > t.after AND o.status = 'dead'
+          AND NOT o.hold_lane AND (t.head IS NULL OR o.id < t.head)
+    )
+    UPDATE lanes l
+    SET head_id = t.head,
+        held = COALESCE(h.status = 'dead', FALSE),
+        ready_at = CASE WHEN h.status = 'queued' THEN p_now ELSE l.ready_at END,
+        owner = NULL, lease_until = NULL
+    FROM target t LEFT JOIN outbound h ON h.id = t.head
+    WHERE l.id = t.lane_id;
+END;
+$$;
+
+-- One delivery outcome, in one round trip. It always lands in the message's attempt log, but
+-- it only decides (acked, retry later, dead) while the claim it was made under is current:
+-- same fence, same head. A node whose lease lapsed and was taken over decides nothing.
+CREATE FUNCTION calhl7_record_attempt(
+    p_message BIGINT, p_lane BIGINT, p_fence BIGINT, p_outcome TEXT, p_at DOUBLE PRECISION,
+    p_ack BYTEA, p_ack_code TEXT, p_detail TEXT, p_next_attempt_at DOUBLE PRECISION,
+    p_hold BOOLEAN
+) RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+    cur RECORD;
+BEGIN
+    SELECT l.fence, l.head_id, o.control_id, o.appointment_id, o.destination, o.channel,
+           o.message_type
+      INTO cur
+      FROM lanes l JOIN outbound o ON o.id = p_message
+     WHERE l.id = p_lane
+       FOR UPDATE OF l;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    INSERT INTO attempts (message_id, at, control_id, outcome, ack_code, ack, detail)
+    VALUES (p_message, p_at, cur.control_id, p_outcome, p_ack_code, p_ack, p_detail);
+    IF cur.fence <> p_fence OR cur.head_id IS DISTINCT FROM p_message THEN
+        RETURN;  -- our claim was taken over (lease lapsed): the new owner decides
+    END IF;
+    IF p_outcome = 'delivered' THEN
+        UPDATE outbound SET status = 'acked', attempts = attempts + 1, ack_code = p_ack_code,
+                            acked_at = p_at, last_error = NULL
+         WHERE id = p_message;
+        PERFORM calhl7_advance_lanes(ARRAY[p_lane], ARRAY[p_message], p_at);
+    ELSIF p_outcome = 'retry' THEN
+        UPDATE outbound SET attempts = attempts + 1, ack_code = p_ack_code, last_error = p_detail
+         WHERE id = p_message;
+        UPDATE lanes SET ready_at = COALESCE(p_next_attempt_at, p_at), owner = NULL,
+                         lease_until = NULL
+         WHERE id = p_lane;
+    ELSE
+        UPDATE outbound SET status = CASE WHEN p_hold THEN 'dead' ELSE 'skipped' END,
+                            attempts = attempts + 1, ack_code = p_ack_code,
+                            last_error = p_detail, hold_lane = p_hold
+         WHERE id = p_message;
+        IF p_hold THEN
+            UPDATE lanes SET held = TRUE, owner = NULL, lease_until = NULL WHERE id = p_lane;
+        ELSE
+            PERFORM calhl7_advance_lanes(ARRAY[p_lane], ARRAY[p_message], p_at);
+        END IF;
+    END IF;
+    IF p_outcome <> 'retry' THEN
+        INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)
+        VALUES (p_at, 'sent', cur.appointment_id, 'engine', cur.message_type, cur.destination,
+                jsonb_build_object('message', p_message, 'control_id', cur.control_id,
+                                   'channel', cur.channel, 'outcome', p_outcome,
+                                   'ack_code', p_ack_code));
+    END IF;
+END;
+$$;

@@ -1,0 +1,162 @@
+"""CLI verbs of the inbound path and of reconciliation.
+
+    calhl7 reconcile --since 6h            # or an ISO time, or "watermark"
+    calhl7 inbound-jobs [--status dead]    # Cal.com API jobs from EHR SIU
+    calhl7 inbound-retry JOB_ID            # put a dead job back at the head of its queue
+
+The Cal.com key and address come from CALHL7_CALCOM_API_KEY and CALHL7_CALCOM_API_URL; the
+store from --data/--store (CALHL7_DATA / CALHL7_STORE), like the other operator verbs. A
+running engine picks up what `reconcile` stored within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime | None:
+    """`6h`, `90m`, `2d`, an ISO-8601 time (UTC when no offset), or `watermark` (None)."""
+    v = value.strip()
+    if v.lower() == "watermark":
+        return None
+    now = now or datetime.now(UTC)
+    m = _RELATIVE.match(v.lower())
+    if m:
+        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 6h / 90m / 2d, an ISO-8601 time or 'watermark', got {value!r}") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _store_args() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", default=os.environ.get("CALHL7_DATA", "var"),
+                   help="data directory of the embedded store (default ./var)")
+    p.add_argument("--store", default=os.environ.get("CALHL7_STORE"),
+                   help="store URL, e.g. postgresql://user@host/db")
+    return p
+
+
+def register(subparsers: Any, store_args: argparse.ArgumentParser | None = None) -> None:
+    parents = [store_args or _store_args()]
+    p = subparsers.add_parser("reconcile", parents=parents,
+                              help="fetch bookings changed in Cal.com since TIME and feed what "
+                                   "we missed into the pipeline")
+    p.add_argument("--since", required=True, type=parse_since,
+                   help="6h, 90m, 2d, an ISO-8601 time, or 'watermark' (the periodic job's)")
+    p.add_argument("--source", default="default", help="webhook source these bookings belong to")
+    p.add_argument("--set-watermark", action="store_true",
+                   help="move the periodic job's watermark to the end of this run")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=_reconcile)
+
+    p = subparsers.add_parser("inbound-jobs", parents=parents,
+                              help="Cal.com API jobs made from EHR SIU (dead letters first)")
+    p.add_argument("--status", choices=("queued", "done", "dead"), default=None)
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=_jobs)
+
+    p = subparsers.add_parser("inbound-retry", parents=parents,
+                              help="put a dead inbound job back at the head of its queue")
+    p.add_argument("job", type=int)
+    p.set_defaults(func=_retry)
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from engine.store import open_store
+
+    return open_store(args.store or args.data)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from engine.calcom.api import CalcomApi, CalcomError
+    from engine.calcom.reconcile import ReconcileSummary, reconcile_once
+
+    if not os.environ.get("CALHL7_CALCOM_API_KEY"):
+        print("calhl7: set CALHL7_CALCOM_API_KEY (a Cal.com API key) to reconcile.",
+              file=sys.stderr)
+        return 2
+
+    def progress(s: ReconcileSummary) -> None:
+        if not args.quiet:
+            print(f"\rpage {s.pages}: {s.listed} bookings, {s.fed} new events, "
+                  f"{s.duplicates} already known", end="", file=sys.stderr, flush=True)
+
+    async def main() -> int:
+        store = _open(args)
+        await store.open()
+        try:
+            since = args.since
+            if since is None:
+                since = await store.reconcile_watermark(args.source)
+                if since is None:
+                    print("calhl7: no watermark stored yet for this source; pass --since",
+                          file=sys.stderr)
+                    return 2
+            async with CalcomApi.from_env() as api:
+                try:
+                    summary = await reconcile_once(api, store, since=since, source=args.source,
+                                                   progress=progress)
+                except CalcomError as exc:
+                    print(f"\ncalhl7: Cal.com: {exc.status or 'unreachable'}: {exc.message}",
+                          file=sys.stderr)
+                    return 1
+            if not args.quiet:
+                print(file=sys.stderr)
+            if args.set_watermark and summary.watermark is not None:
+                await store.set_reconcile_watermark(args.source, summary.watermark)
+            print(f"{summary.line()} (since {since.isoformat()})")
+            for problem in summary.errors:
+                print(f"  note: {problem}")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from engine.operator import table
+
+    async def main() -> int:
+        store = _open(args)
+        await store.open()
+        try:
+            rows = await store.inbound_jobs(args.status, args.limit)
+        finally:
+            await store.close()
+        for r in rows:
+            r["result"] = (r["result"] or {}).get("did")
+        print(table(rows, ("id", "channel", "ehr_appointment_id", "trigger", "control_id",
+                           "status", "attempts", "result", "error")))
+        return 0
+
+    return asyncio.run(main())
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from engine.operator import _who
+
+    async def main() -> int:
+        store = _open(args)
+        await store.open()
+        try:
+            ok = await store.inbound_retry_job(args.job, _who())
+        finally:
+            await store.close()
+        print("queued again" if ok else "no dead job with that id")
+        return 0 if ok else 1
+
+    return asyncio.run(main())

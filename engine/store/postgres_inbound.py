@@ -1,0 +1,229 @@
+"""PostgreSQL side of the inbound path and of reconciliation, as a mixin for PostgresStore.
+
+Uses the store's asyncpg pool (`self._p()`, `self._tx(fn)`). Several nodes may run inbound
+workers on one database: job heads are claimed with `FOR UPDATE SKIP LOCKED` and a lease, and
+an outcome only counts while the job's lease number is the one the worker claimed (a node
+whose lease lapsed decides nothing). Tables: sql/postgres/0002_inbound.sql.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from engine.inbound.records import (
+    HeldBlock,
+    InboundAccept,
+    InboundJob,
+    InboundMessage,
+    JobOutcome,
+)
+
+_J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+_CLAIM = """
+WITH heads AS (
+    SELECT DISTINCT ON (channel, ehr_appointment_id) id
+    FROM inbound_jobs WHERE status = 'queued'
+    ORDER BY channel, ehr_appointment_id, id
+), picked AS (
+    SELECT j.id FROM inbound_jobs j JOIN heads h ON h.id = j.id
+    WHERE j.ready_at <= $1 AND (j.lease_until IS NULL OR j.lease_until < $1)
+    ORDER BY j.id LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE inbound_jobs j SET lease = j.lease + 1, lease_until = $1::float8 + $3::float8
+FROM picked WHERE j.id = picked.id
+RETURNING j.id, j.message_id, j.channel, j.ehr_appointment_id, j.trigger, j.params,
+          j.attempts, j.lease
+"""
+
+_HELD = ("SELECT current_uid, status, start_at, end_at, provider_id, event_type_id"
+         " FROM inbound_blocks WHERE channel = $1 AND ehr_appointment_id = $2")
+
+
+def _s(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+class PostgresInboundMixin:
+    _p: Any  # provided by PostgresStore
+    _tx: Any
+
+    # ------------------------------------------------------------------ listener
+    async def accept_inbound(self, msg: InboundMessage) -> InboundAccept:
+        async def fn(conn: Any) -> InboundAccept:
+            row = await conn.fetchrow(
+                "INSERT INTO inbound_messages (channel, sender, control_id, trigger,"
+                " ehr_appointment_id, payload, ack_code, received_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
+                " ON CONFLICT (sender, control_id) DO NOTHING RETURNING id",
+                msg.channel, _s(msg.sender), _s(msg.control_id), _s(msg.trigger),
+                _s(msg.ehr_appointment_id), msg.payload, msg.ack_code, msg.received_at,
+            )
+            if row is None:
+                dup = await conn.fetchrow(
+                    "SELECT id, ack_code FROM inbound_messages WHERE sender = $1"
+                    " AND control_id = $2", _s(msg.sender), _s(msg.control_id))
+                if dup is None:  # the other insert has not committed yet: ask again
+                    raise _Retry()
+                return InboundAccept(dup[0], True, dup[1])
+            if msg.job_params is not None:
+                await conn.execute(
+                    "INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id, trigger,"
+                    " params, status, created_at) VALUES ($1,$2,$3,$4,$5,'queued',$6)",
+                    row[0], msg.channel, _s(msg.ehr_appointment_id), _s(msg.trigger),
+                    _J(msg.job_params), msg.received_at)
+            return InboundAccept(row[0], False, msg.ack_code)
+
+        for _ in range(20):
+            try:
+                return await self._tx(fn)
+            except _Retry:
+                continue
+        raise RuntimeError("duplicate inbound message could not be read back")
+
+    # ------------------------------------------------------------------ worker
+    async def inbound_claim_jobs(self, limit: int, now: float, lease_seconds: float) -> list[InboundJob]:
+        async def fn(conn: Any) -> list[InboundJob]:
+            rows = await conn.fetch(_CLAIM, now, limit, lease_seconds)
+            out = []
+            for r in sorted(rows, key=lambda r: r[0]):
+                held = await conn.fetchrow(_HELD, r[2], r[3])
+                out.append(InboundJob(
+                    r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7],
+                    HeldBlock(r[2], r[3], *held) if held else None))
+            return out
+
+        return await self._tx(fn)
+
+    async def inbound_finish_jobs(self, outcomes: list[JobOutcome]) -> None:
+        async def fn(conn: Any) -> None:
+            for o in outcomes:
+                row = await conn.fetchrow(
+                    "SELECT lease, status, channel, ehr_appointment_id FROM inbound_jobs"
+                    " WHERE id = $1 FOR UPDATE", o.job_id)
+                if row is None or row[0] != o.lease or row[1] != "queued":
+                    continue
+                channel, appt = row[2], row[3]
+                for u in o.uids:
+                    await conn.execute(
+                        "INSERT INTO inbound_uids (uid, channel, ehr_appointment_id,"
+                        " previous_uid, status, created_at) VALUES ($1,$2,$3,$4,$5,$6)"
+                        " ON CONFLICT (uid) DO UPDATE SET status = excluded.status",
+                        u.uid, channel, appt, u.previous_uid, u.status, o.at)
+                if o.held is not None:
+                    h = o.held
+                    await conn.execute(
+                        "INSERT INTO inbound_blocks (channel, ehr_appointment_id, current_uid,"
+                        " status, start_at, end_at, provider_id, event_type_id, updated_at)"
+                        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+                        " ON CONFLICT (channel, ehr_appointment_id) DO UPDATE SET"
+                        " current_uid = excluded.current_uid, status = excluded.status,"
+                        " start_at = excluded.start_at, end_at = excluded.end_at,"
+                        " provider_id = excluded.provider_id,"
+                        " event_type_id = excluded.event_type_id,"
+                        " updated_at = excluded.updated_at",
+                        channel, appt, h.current_uid, h.status, h.start, h.end, h.provider_id,
+                        h.event_type_id, o.at)
+                if o.outcome == "retry":
+                    await conn.execute(
+                        "UPDATE inbound_jobs SET attempts = attempts + 1, ready_at = $2,"
+                        " lease_until = NULL, last_error = $3 WHERE id = $1",
+                        o.job_id, o.next_attempt_at or o.at, _s(o.detail))
+                else:
+                    await conn.execute(
+                        "UPDATE inbound_jobs SET status = $2, attempts = attempts + 1,"
+                        " lease_until = NULL, last_error = $3, result = $4, done_at = $5"
+                        " WHERE id = $1",
+                        o.job_id, "done" if o.outcome == "done" else "dead", _s(o.detail),
+                        _J(o.result) if o.result is not None else None, o.at)
+
+        await self._tx(fn)
+
+    async def inbound_next_ready_at(self) -> float | None:
+        async with self._p().acquire() as conn:
+            return await conn.fetchval(
+                "SELECT MIN(COALESCE(lease_until, ready_at)) FROM inbound_jobs"
+                " WHERE status = 'queued'")
+
+    # ------------------------------------------------------------------ no echo
+    async def inbound_origins(self, uids: list[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(_s(u) for u in uids if u))
+        if not wanted:
+            return {}
+        async with self._p().acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT uid, channel FROM inbound_uids WHERE uid = ANY($1::text[])", wanted)
+        return {r[0]: r[1] for r in rows}
+
+    # ------------------------------------------------------------------ operators, tests
+    async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
+        async with self._p().acquire() as conn:
+            row = await conn.fetchrow(_HELD, channel, ehr_appointment_id)
+        return HeldBlock(channel, ehr_appointment_id, *row) if row else None
+
+    async def inbound_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._p().acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT j.id, j.channel, j.ehr_appointment_id, j.trigger, j.status, j.attempts,"
+                " j.last_error, j.result, j.created_at, j.done_at, m.control_id"
+                " FROM inbound_jobs j JOIN inbound_messages m ON m.id = j.message_id"
+                " WHERE ($1::text IS NULL OR j.status = $1) ORDER BY j.id LIMIT $2",
+                status, limit)
+        keys = ("id", "channel", "ehr_appointment_id", "trigger", "status", "attempts",
+                "error", "result", "created_at", "done_at", "control_id")
+        out = []
+        for r in rows:
+            d = dict(zip(keys, tuple(r), strict=True))
+            d["result"] = json.loads(d["result"]) if d["result"] else None
+            out.append(d)
+        return out
+
+    async def inbound_retry_job(self, job_id: int, who: str) -> bool:
+        async def fn(conn: Any) -> bool:
+            status = await conn.execute(
+                "UPDATE inbound_jobs SET status = 'queued', ready_at = 0, lease_until = NULL,"
+                " done_at = NULL WHERE id = $1 AND status = 'dead'", job_id)
+            changed = status.endswith(" 1")
+            if changed:
+                await conn.execute(
+                    "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+                    " VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                    time.time(), "operator", None, _s(who), "inbound_retry", "operator",
+                    _J({"inbound_job": job_id}))
+            return changed
+
+        return await self._tx(fn)
+
+    async def inbound_counts(self) -> dict[str, int]:
+        async with self._p().acquire() as conn:
+            out = {f"inbound_jobs_{s}": n for s, n in await conn.fetch(
+                "SELECT status, COUNT(*) FROM inbound_jobs GROUP BY status")}
+            out["inbound_messages"] = await conn.fetchval("SELECT COUNT(*) FROM inbound_messages")
+        return out
+
+    # ------------------------------------------------------------------ reconciliation
+    async def reconcile_watermark(self, source: str) -> datetime | None:
+        async with self._p().acquire() as conn:
+            value = await conn.fetchval(
+                "SELECT watermark FROM reconcile_watermarks WHERE source = $1", source)
+        return datetime.fromisoformat(value) if value else None
+
+    async def set_reconcile_watermark(self, source: str, ts: datetime) -> None:
+        if ts.tzinfo is None:
+            raise ValueError("the watermark must be timezone-aware")
+        async with self._p().acquire() as conn:
+            await conn.execute(
+                "INSERT INTO reconcile_watermarks (source, watermark, updated_at)"
+                " VALUES ($1,$2,$3) ON CONFLICT (source) DO UPDATE SET"
+                " watermark = excluded.watermark, updated_at = excluded.updated_at",
+                source, ts.isoformat(), time.time())
+
+
+class _Retry(Exception):
+    pass
