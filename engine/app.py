@@ -8,21 +8,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
+from engine.calcom.api import CalcomApi
+from engine.calcom.reconcile import run_reconciler
 from engine.channels.config import Config, ConfigError, config_fingerprint, load_config
 from engine.delivery.worker import DestinationWorker
 from engine.http.asgi import HttpSettings, Readiness, WebhookApp
+from engine.inbound.config import InboundConfig, load_inbound_config, own_applications_of
+from engine.inbound.listener import start_listener
+from engine.inbound.worker import InboundWorker
 from engine.metrics import Metrics
+from engine.mllp.server import shutdown as shutdown_mllp
+from engine.mllp.tls import server_ssl_context
 from engine.processing import Processor
 from engine.store import open_store
 from engine.store.base import Store
@@ -44,6 +54,18 @@ class EngineSettings:
     metrics_port: int | None = None
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     reload_interval_seconds: float = 1.0
+    # the pure core (normalize, route, render) in helper processes: 0 runs it in the engine
+    processing_processes: int = 0
+    # the inbound MLLP listener (EHR -> Cal.com); None: no listener
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int | None = None
+    mllp_tls_cert: str | None = None
+    mllp_tls_key: str | None = None
+    mllp_tls_client_ca: str | None = None  # set: EHRs must present a certificate it signed
+    mllp_max_frame_bytes: int = 1_048_576
+    mllp_idle_timeout_seconds: float = 300.0
+    reconcile_interval_seconds: float = 300.0  # 0: off; needs CALHL7_CALCOM_API_KEY
+    heartbeat_seconds: float = 5.0
 
 
 class Engine:
@@ -54,19 +76,33 @@ class Engine:
         self.readiness = Readiness()
         self.stop = asyncio.Event()
         self._config: Config | None = None
+        self._inbound: InboundConfig | None = None
         self._fingerprint: object = None
         self._workers: dict[str, tuple[DestinationWorker, asyncio.Task[None], asyncio.Event]] = {}
-        self.processor = Processor(self.store, self.config, self.metrics, self._wake_destinations)
+        self._pool: ProcessPoolExecutor | None = None
+        self.processor = Processor(
+            self.store, self.config, self.metrics, self._wake_destinations,
+            echo_destinations=lambda channel: self.inbound_config().echo_destinations(channel),
+            node_id=settings.node_id,
+        )
         self.http_port: int | None = None
+        self.mllp_port: int | None = None
 
     # ------------------------------------------------------------------ configuration
     def config(self) -> Config:
         assert self._config is not None, "configuration not loaded"
         return self._config
 
+    def inbound_config(self) -> InboundConfig:
+        assert self._inbound is not None, "configuration not loaded"
+        return self._inbound
+
     def load_channels(self) -> None:
         """Load at start: a broken configuration stops the engine with every problem listed."""
-        self._config = load_config(self.settings.channels_dir)
+        config = load_config(self.settings.channels_dir)
+        self._inbound = load_inbound_config(self.settings.channels_dir,
+                                            own_applications_of(config))
+        self._config = config
         self._fingerprint = config_fingerprint(self.settings.channels_dir)
         self.readiness.channels_loaded = True
 
@@ -74,12 +110,13 @@ class Engine:
         """Swap the whole configuration at once; a broken one keeps the running one."""
         try:
             new = load_config(self.settings.channels_dir)
+            inbound = load_inbound_config(self.settings.channels_dir, own_applications_of(new))
         except ConfigError as exc:
             self.metrics.config_reloads.labels("failed").inc()
             log.error("channel reload failed; keeping the running configuration",
                       extra={"reason": reason, "problems": str(exc)})
             return False
-        self._config = new
+        self._config, self._inbound = new, inbound
         self._fingerprint = config_fingerprint(self.settings.channels_dir)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("channels reloaded", extra={"reason": reason,
@@ -164,9 +201,28 @@ class Engine:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.load_channels()
         await self.store.open()
-        release = getattr(self.store, "release_all_claims", None)
-        if release is not None:  # single node: what was in flight at a crash goes again
-            await release()
+        for single_node_reset in ("release_all_claims", "inbound_release_all_leases"):
+            release = getattr(self.store, single_node_reset, None)
+            if release is not None:  # single node: what was in flight at a crash goes again
+                await release()
+        if self.settings.processing_processes > 0:
+            self._pool = ProcessPoolExecutor(self.settings.processing_processes,
+                                             mp_context=multiprocessing.get_context("spawn"))
+            self.processor.pool = self._pool
+        await self.store.listen(lambda destination: self._wake_destinations({destination}))
+        api = CalcomApi.from_env(self.metrics) if os.environ.get("CALHL7_CALCOM_API_KEY") else None
+        inbound_worker = (InboundWorker(self.store, api, self.inbound_config, self.metrics)
+                          if api is not None else None)
+        listener = None
+        if self.settings.mllp_port is not None:
+            listener = await start_listener(
+                self.settings.mllp_host, self.settings.mllp_port, store=self.store,
+                config_getter=self.inbound_config, metrics=self.metrics,
+                ssl=self._mllp_ssl(), max_frame_bytes=self.settings.mllp_max_frame_bytes,
+                idle_timeout=self.settings.mllp_idle_timeout_seconds,
+                on_accepted=inbound_worker.wake.set if inbound_worker else None,
+            )
+            self.mllp_port = listener.sockets[0].getsockname()[1]
         for source in self.settings.secrets:
             self.metrics.init_source(source)
         await self.refresh_gauges()  # the first scrape already shows what waits on disk
@@ -194,12 +250,20 @@ class Engine:
                 tg.create_task(self.processor.run(self.stop))
                 tg.create_task(self._watch_config())
                 tg.create_task(self._refresh_gauges())
+                tg.create_task(self._heartbeat())
+                if inbound_worker is not None:
+                    tg.create_task(inbound_worker.run(self.stop))
+                if api is not None and self.settings.reconcile_interval_seconds > 0:
+                    tg.create_task(run_reconciler(
+                        api, self.store, self.settings.reconcile_interval_seconds, self.stop,
+                        self.metrics, source="default", on_fed=self.processor.wake.set))
                 while not all(s.started for s in servers):
                     if any(t.done() for t in serve_tasks):
                         raise RuntimeError("HTTP server failed to start (address in use?)")
                     await asyncio.sleep(0.02)
                 self.http_port = _bound_port(servers[0])
                 log.info("engine ready", extra={"http_port": self.http_port,
+                                                "mllp_port": self.mllp_port,
                                                 "node": self.settings.node_id})
                 if ready is not None:
                     ready.set()
@@ -209,8 +273,30 @@ class Engine:
                 for _, _, stop in self._workers.values():
                     stop.set()
         finally:
+            if listener is not None:
+                await shutdown_mllp(listener, grace=2)
+            if api is not None:
+                await api.aclose()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             await self.store.close()
             log.info("engine stopped")
+
+    def _mllp_ssl(self) -> ssl.SSLContext | None:
+        if not self.settings.mllp_tls_cert:
+            return None
+        return server_ssl_context(
+            self.settings.mllp_tls_cert, self.settings.mllp_tls_key,
+            client_ca_file=self.settings.mllp_tls_client_ca,
+            require_client_cert=self.settings.mllp_tls_client_ca is not None)
+
+    async def _heartbeat(self) -> None:
+        """Several nodes on PostgreSQL: operators see who is alive (a no-op on SQLite)."""
+        beat = getattr(self.store, "heartbeat", None)
+        while beat is not None and not self.stop.is_set():
+            with contextlib.suppress(Exception):
+                await beat(self.settings.node_id, time.time())
+            await _sleep_or_stop(self.stop, self.settings.heartbeat_seconds)
 
     @staticmethod
     def _uvicorn(app: WebhookApp, host: str, port: int) -> uvicorn.Server:

@@ -55,6 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.node_id:
         settings.node_id = args.node_id
+    settings.processing_processes = args.processing_processes
+    settings.reconcile_interval_seconds = args.reconcile_interval
+    if args.mllp:
+        settings.mllp_host, settings.mllp_port = args.mllp
+        settings.mllp_tls_cert, settings.mllp_tls_key = args.mllp_tls_cert, args.mllp_tls_key
+        settings.mllp_tls_client_ca = args.mllp_tls_client_ca
+        settings.mllp_max_frame_bytes = args.mllp_max_frame_bytes
     from engine.channels.config import ConfigError
 
     try:
@@ -66,8 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from engine import logs
     from engine.demo import run_demo
 
+    logs.configure("error")  # the demo prints its own story; its deliberate forgery is no alarm
     return run_demo(args)
 
 
@@ -96,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("INSECURE_DEV", "") in ("1", "true", "yes"),
                    help="accept unsigned webhooks (development only)")
     p.add_argument("--node-id", default=_env("NODE_ID"))
+    p.add_argument("--mllp", type=host_port,
+                   default=host_port(_env("MLLP")) if _env("MLLP") else None,
+                   help="listen for SIU from the EHR here (e.g. 127.0.0.1:2575)")
+    p.add_argument("--mllp-tls-cert", default=_env("MLLP_TLS_CERT"))
+    p.add_argument("--mllp-tls-key", default=_env("MLLP_TLS_KEY"))
+    p.add_argument("--mllp-tls-client-ca", default=_env("MLLP_TLS_CLIENT_CA"),
+                   help="require EHR client certificates signed by this CA")
+    p.add_argument("--mllp-max-frame-bytes", type=int,
+                   default=int(_env("MLLP_MAX_FRAME_BYTES", "1048576")))
+    p.add_argument("--reconcile-interval", type=float,
+                   default=float(_env("RECONCILE_INTERVAL", "300")),
+                   help="seconds between Cal.com reconciliation runs (0: off; needs "
+                        "CALHL7_CALCOM_API_KEY)")
+    p.add_argument("--processing-processes", type=int,
+                   default=int(_env("PROCESSING_PROCESSES", "1")),
+                   help="helper processes for normalize/route/render (0: in the engine)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     p.set_defaults(func=_serve)
 
@@ -107,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator.register(sub, store_args)
     from engine.channels import cli as channels_cli
+    from engine.inbound import cli as inbound_cli
     from engine.sim import cli as sim_cli
 
     channels_cli.register(sub)
     sim_cli.register(sub)
+    inbound_cli.register(sub, store_args)
     return parser
 
 

@@ -121,6 +121,45 @@ async def cmd_resend(store: Store, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def cmd_reprocess(store: Store, args: argparse.Namespace) -> int:
+    """Render a message again with today's channel files (after a mapping fix): it keeps its
+    place in its lane and gets a new MSH-10, since its content changed."""
+    from engine.appointments.model import AppointmentEvent
+    from engine.channels.config import ConfigError, load_config
+    from engine.channels.routing import render_message
+    from engine.hl7.controlid import new_control_id
+
+    msg = await store.message(args.id)
+    if msg is None:
+        print(f"no message {args.id}", file=sys.stderr)
+        return 1
+    if msg["status"] == "acked":
+        print(f"message {args.id} was acknowledged by the EHR; nothing to reprocess",
+              file=sys.stderr)
+        return 1
+    try:
+        config = load_config(args.channels)
+    except ConfigError as exc:
+        print(f"the channel files have problems; fix them first:\n{exc}", file=sys.stderr)
+        return 2
+    channel = next((c for c in config.channels if c.name == msg["channel"]), None)
+    if channel is None:
+        print(f"channel {msg['channel']} is no longer configured in {args.channels}",
+              file=sys.stderr)
+        return 1
+    event = AppointmentEvent.from_dict(json.loads(msg["event_json"]))
+    trigger = msg["message_type"].split("^")[1]
+    rendered = render_message(config, channel, event, trigger=trigger,
+                              control_id=new_control_id(), now=datetime.now(UTC))
+    if rendered.error:
+        print(f"still cannot render message {args.id}: {rendered.error}", file=sys.stderr)
+        return 1
+    await store.replace_payload(args.id, rendered.control_id, rendered.payload, _who())
+    print(f"message {args.id} rendered again as MSH-10 {rendered.control_id} "
+          f"(was {msg['control_id']}); it goes out in its lane's order")
+    return 0
+
+
 async def cmd_release(store: Store, args: argparse.Namespace) -> int:
     ok = await store.release_lane(args.lane, _who())
     print(f"lane {args.lane} released: its dead letter is skipped, the next message goes" if ok
@@ -196,6 +235,12 @@ def register(sub: argparse._SubParsersAction, store_args: argparse.ArgumentParse
     p = sub.add_parser("resend", parents=[store_args], help="send the same bytes, same MSH-10")
     p.add_argument("id", type=int)
     p.set_defaults(func=run_with_store(cmd_resend))
+
+    p = sub.add_parser("reprocess", parents=[store_args],
+                       help="render a message again with today's channels (new MSH-10)")
+    p.add_argument("id", type=int)
+    p.add_argument("--channels", default=os.environ.get("CALHL7_CHANNELS", "channels"))
+    p.set_defaults(func=run_with_store(cmd_reprocess))
 
     p = sub.add_parser("release", parents=[store_args], help="let a held lane move on")
     p.add_argument("lane", type=int)

@@ -14,17 +14,19 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine.appointments.model import AppointmentEvent
 from engine.appointments.normalize import normalize
 from engine.appointments.state import AppointmentState
-from engine.channels.config import Config
-from engine.channels.routing import route
+from engine.channels.config import Config, load_config
+from engine.channels.routing import OutboundMessage, route
 from engine.hl7.controlid import new_control_id
 from engine.metrics import Metrics
 from engine.store import base
-from engine.store.base import AuditEntry, NewMessage, ProcessedEvent, StoredEvent, Store
+from engine.inbound.echo import echo_origin, echo_uids
+from engine.store.base import AuditEntry, NewMessage, ProcessedEvent, Store, StoredEvent
 
 log = logging.getLogger("calhl7.processing")
 
@@ -44,30 +46,174 @@ def _uids_of(body: bytes) -> list[str]:
     return [u for u in found if isinstance(u, str) and u]
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What the pure core needs for one batch, read from the store beforehand (picklable)."""
+
+    events: tuple[StoredEvent, ...]
+    states: dict[str, str]  # booking uid -> appointment state JSON
+    holding: frozenset[tuple[str, str]]  # (destination, appointment) ever queued an S12
+    echo: dict[int, frozenset[str]]  # event id -> destinations not to send to (EHR-made)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    results: tuple[ProcessedEvent, ...]
+    outcomes: tuple[str, ...]  # per event: routed, unrouted, no_change, ignored, quarantined
+
+
+def process_batch(batch: Batch, config: Config, now: float | None = None) -> BatchResult:
+    """The pure core over a batch: normalize, route, render. Later events of a batch see the
+    states earlier ones produced. No I/O: the caller reads the inputs and commits the output."""
+    states = {uid: AppointmentState.from_dict(json.loads(s)) for uid, s in batch.states.items()}
+    holding = set(batch.holding)
+    results, outcomes = [], []
+    for stored in batch.events:
+        result, outcome = _process_one(stored, states, holding, config,
+                                       batch.echo.get(stored.id, frozenset()), now)
+        results.append(result)
+        outcomes.append(outcome)
+    return BatchResult(tuple(results), tuple(outcomes))
+
+
+def _process_one(
+    stored: StoredEvent,
+    states: dict[str, AppointmentState],
+    holding: set[tuple[str, str]],
+    config: Config,
+    echo_to: frozenset[str],
+    now: float | None,
+) -> tuple[ProcessedEvent, str]:
+    received_at = datetime.fromtimestamp(stored.received_at, UTC)
+    now = now if now is not None else time.time()
+    try:
+        n = normalize(stored.body, source=stored.source, received_at=received_at,
+                      lookup=states.get)
+    except Exception as exc:  # noqa: BLE001 - a bug or a shape we never saw: keep it
+        return ProcessedEvent(stored.id, base.QUARANTINED,
+                              reason=f"normalization failed: {type(exc).__name__}"), "quarantined"
+    if n.disposition == "quarantined":
+        return ProcessedEvent(stored.id, base.QUARANTINED, reason=n.reason), "quarantined"
+    notes = tuple(
+        AuditEntry(at=now, kind="note", appointment_id=n.state.appointment_id if n.state
+                   else None, trigger=stored.trigger, source=stored.source,
+                   detail={"note": note, "event": stored.id})
+        for note in n.notes
+    )
+    if n.state is not None:
+        for uid in (*n.state.uids, *n.uid_links):
+            states[uid] = n.state
+    state_json = json.dumps(n.state.to_dict()) if n.state else None
+    if n.disposition != "event" or n.event is None:
+        return ProcessedEvent(
+            stored.id, base.IGNORED if n.disposition == "ignored" else base.PROCESSED,
+            reason=n.reason or n.disposition,
+            appointment_id=n.state.appointment_id if n.state else None,
+            appointment_state=state_json, uid_links=dict(n.uid_links), audit=notes,
+        ), n.disposition
+    event = n.event
+    result = route(
+        event, config,
+        destination_has=lambda dest, appt: (dest, appt) in holding,
+        make_control_id=new_control_id,
+        now=datetime.fromtimestamp(now, UTC),
+    )
+    skipped = [{"channel": c, "reason": r} for c, r in result.skipped]
+    routed = [m for m in result.messages if m.destination not in echo_to]
+    skipped += [{"channel": m.channel, "reason": "made by this EHR: no echo"}
+                for m in result.messages if m.destination in echo_to]
+    event_json = json.dumps(event.to_dict(), ensure_ascii=False)
+    messages = tuple(_to_new_message(m, event_json, config) for m in routed)
+    for m in messages:
+        if m.message_type.endswith("S12"):  # even dead at render: it waits for a fix
+            holding.add((m.destination, m.appointment_id))
+    change = AuditEntry(
+        at=now, kind="change", appointment_id=event.appointment_id, actor=event.actor,
+        trigger=event.trigger, source=event.source,
+        detail={
+            "event": stored.id, "kind": str(event.kind), "booking_uid": event.booking_uid,
+            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+            "received_at": received_at.isoformat(),
+            "status": event.status, "start": event.start.isoformat(),
+            "end": event.end.isoformat(), "correlation_id": stored.correlation_id,
+            "routed_to": sorted({m.destination for m in messages}),
+            "skipped": skipped,
+        },
+    )
+    return ProcessedEvent(
+        stored.id, base.PROCESSED,
+        reason="unrouted" if result.unrouted else None,
+        appointment_id=event.appointment_id, appointment_state=state_json,
+        uid_links=dict(n.uid_links), messages=messages, audit=(change, *notes),
+    ), "unrouted" if result.unrouted else "routed"
+
+
+def _to_new_message(m: OutboundMessage, event_json: str, config: Config) -> NewMessage:
+    destination = config.destinations[m.destination]
+    return NewMessage(
+        channel=m.channel, destination=m.destination, lane_key=m.lane_key,
+        appointment_id=m.appointment_id, message_type=m.message_type,
+        control_id=m.control_id, payload=m.payload, event_json=event_json, error=m.error,
+        hold_lane=destination.ack.on_dead_letter == "hold",
+    )
+
+
+# ---------------------------------------------------------------------- the helper process
+_WORKER_CONFIG: dict[str, Config] = {}
+
+
+def _process_in_worker(channels_dir: str, fingerprint: str, batch: Batch) -> BatchResult:
+    """Runs in the helper process: keeps the configuration it loaded until the files change."""
+    config = _WORKER_CONFIG.get(channels_dir)
+    if config is None or config.fingerprint != fingerprint:
+        config = load_config(channels_dir)
+        if config.fingerprint != fingerprint:  # files changed again: let the parent decide
+            raise ConfigMismatch(channels_dir)
+        _WORKER_CONFIG[channels_dir] = config
+    return process_batch(batch)
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
 class Processor:
+    """Reads batches of pending events, has the pure core process them, commits the results.
+
+    With `pool`, the pure core runs in a helper process: the event loop stays free for the
+    webhooks and the MLLP connections, and a second core does the rendering."""
+
     def __init__(
         self,
         store: Store,
         config: Callable[[], Config],
         metrics: Metrics,
         on_enqueued: Callable[[set[str]], None] = lambda destinations: None,
-        batch_size: int = 500,
+        batch_size: int = 200,
+        pool: Executor | None = None,
+        echo_destinations: Callable[[str], frozenset[str]] = lambda channel: frozenset(),
+        node_id: str = "local",
     ) -> None:
         self.store = store
         self.config = config  # a getter: hot reload swaps what it returns
         self.metrics = metrics
         self.on_enqueued = on_enqueued
         self.batch_size = batch_size
+        self.pool = pool
+        self.echo_destinations = echo_destinations
+        self.node_id = node_id
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            handled = 0
             try:
-                handled = await self.process_once()
-            except Exception:  # noqa: BLE001 - keep serving; the batch stays pending
-                log.exception("processing batch failed; retrying in 1 s")
-                handled = 0
-                await asyncio.sleep(1)
+                if await self.store.try_lead(self.node_id):
+                    handled = await self.process_once()
+            except Exception as exc:  # noqa: BLE001 - keep serving; the batch stays pending
+                log.error("processing batch failed; retrying in 1 s",
+                          extra={"error": type(exc).__name__})
+                await _sleep_or_stop(stop, 1.0)
             if handled < self.batch_size:
                 self.wake.clear()
                 try:
@@ -79,121 +225,63 @@ class Processor:
         events = await self.store.pending_events(self.batch_size)
         if not events:
             return 0
-        uids = [u for e in events for u in _uids_of(e.body)]
-        raw_states = await self.store.appointment_states(uids) if uids else {}
-        states: dict[str, AppointmentState] = {
-            uid: AppointmentState.from_dict(json.loads(s)) for uid, s in raw_states.items()
-        }
-        known_appointments = list({s.appointment_id for s in states.values()})
-        holding = (
-            await self.store.destinations_holding(known_appointments)
-            if known_appointments else set()
-        )
+        batch = await self._read_inputs(events)
         config = self.config()
-        results = [self._process(e, states, holding, config) for e in events]
-        await self.store.commit_processed(results)
-        destinations = {m.destination for r in results for m in r.messages}
-        for e, r in zip(events, results, strict=True):
+        result = None
+        if self.pool is not None:
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, _process_in_worker, str(config.directory),
+                    config.fingerprint, batch)
+            except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
+                log.warning("processing helper unavailable; processing in the engine",
+                            extra={"error": type(exc).__name__})
+        if result is None:
+            result = process_batch(batch, config)
+        try:
+            await self.store.commit_processed(list(result.results))
+        except Exception as exc:
+            if type(exc).__name__ == "NotPending":  # another node processed them meanwhile
+                return 0
+            raise
+        self._count(events, result)
+        destinations = {m.destination for r in result.results for m in r.messages}
+        if destinations:
+            self.on_enqueued(destinations)
+        return len(events)
+
+    async def _read_inputs(self, events: list[StoredEvent]) -> Batch:
+        uids = [u for e in events for u in _uids_of(e.body)]
+        states = await self.store.appointment_states(uids) if uids else {}
+        appointments = list({json.loads(s)["appointment_id"] for s in states.values()})
+        holding = await self.store.destinations_holding(appointments) if appointments else set()
+        echo: dict[int, frozenset[str]] = {}
+        origins_of = getattr(self.store, "inbound_origins", None)
+        if origins_of is not None:
+            echo_keys = [u for e in events for u in echo_uids(e.body)]
+            origins = await origins_of(echo_keys) if echo_keys else {}
+            for e in events:
+                channel = echo_origin(e.body, origins)
+                if channel is not None:
+                    echo[e.id] = self.echo_destinations(channel)
+        return Batch(tuple(events), states, frozenset(holding), echo)
+
+    def _count(self, events: list[StoredEvent], result: BatchResult) -> None:
+        for e, r, outcome in zip(events, result.results, result.outcomes, strict=True):
+            self.metrics.events.labels(outcome).inc()
             for m in r.messages:
                 self.metrics.messages_queued.labels(m.channel, m.destination, m.message_type).inc()
                 if m.error is not None:  # unmapped code, render failure: dead from the start
                     self.metrics.messages.labels(m.channel, m.destination, m.message_type,
                                                  "dead_lettered").inc()
             _log_processed(e, r)
-        if destinations:
-            self.on_enqueued(destinations)
-        return len(events)
 
-    def _process(
-        self,
-        stored: StoredEvent,
-        states: dict[str, AppointmentState],
-        holding: set[tuple[str, str]],
-        config: Config,
-    ) -> ProcessedEvent:
-        received_at = datetime.fromtimestamp(stored.received_at, UTC)
-        try:
-            n = normalize(stored.body, source=stored.source, received_at=received_at,
-                          lookup=states.get)
-        except Exception as exc:  # noqa: BLE001 - a bug or a shape we never saw: keep it
-            # no traceback: validation errors can quote payload values (PHI)
-            log.error("normalization failed", extra={"event_id": stored.id,
-                                                     "error": type(exc).__name__})
-            self.metrics.events.labels("quarantined").inc()
-            return ProcessedEvent(stored.id, base.QUARANTINED,
-                                  reason=f"normalization failed: {type(exc).__name__}")
-        now = time.time()
-        if n.disposition == "quarantined":
-            self.metrics.events.labels("quarantined").inc()
-            return ProcessedEvent(stored.id, base.QUARANTINED, reason=n.reason)
-        notes = tuple(
-            AuditEntry(at=now, kind="note", appointment_id=n.state.appointment_id if n.state
-                       else None, trigger=stored.trigger, source=stored.source,
-                       detail={"note": note, "event": stored.id})
-            for note in n.notes
-        )
-        if n.state is not None:
-            for uid in n.state.uids:
-                states[uid] = n.state
-            for uid in n.uid_links:
-                states[uid] = n.state
-        if n.disposition != "event" or n.event is None:
-            self.metrics.events.labels(n.disposition).inc()
-            return ProcessedEvent(
-                stored.id, base.IGNORED if n.disposition == "ignored" else base.PROCESSED,
-                reason=n.reason or n.disposition,
-                appointment_id=n.state.appointment_id if n.state else None,
-                appointment_state=json.dumps(n.state.to_dict()) if n.state else None,
-                uid_links=dict(n.uid_links), audit=notes,
-            )
-        event = n.event
-        result = route(
-            event, config,
-            destination_has=lambda dest, appt: (dest, appt) in holding,
-            make_control_id=new_control_id,
-            now=datetime.now(UTC),
-        )
-        messages = tuple(self._to_new_message(m, event, config) for m in result.messages)
-        for m in messages:
-            if m.error is None and m.message_type.endswith("S12"):
-                holding.add((m.destination, m.appointment_id))
-        self.metrics.events.labels("unrouted" if result.unrouted else "routed").inc()
-        change = AuditEntry(
-            at=now, kind="change", appointment_id=event.appointment_id, actor=event.actor,
-            trigger=event.trigger, source=event.source,
-            detail={
-                "event": stored.id, "kind": str(event.kind), "booking_uid": event.booking_uid,
-                "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
-                "received_at": received_at.isoformat(),
-                "status": event.status, "start": event.start.isoformat(),
-                "end": event.end.isoformat(), "correlation_id": stored.correlation_id,
-                "routed_to": sorted({m.destination for m in messages}),
-                "skipped": [{"channel": c, "reason": r} for c, r in result.skipped],
-            },
-        )
-        return ProcessedEvent(
-            stored.id, base.PROCESSED,
-            reason="unrouted" if result.unrouted else None,
-            appointment_id=event.appointment_id,
-            appointment_state=json.dumps(n.state.to_dict()) if n.state else None,
-            uid_links=dict(n.uid_links), messages=messages, audit=(change, *notes),
-        )
 
-    @staticmethod
-    def _to_new_message(m: object, event: AppointmentEvent, config: Config) -> NewMessage:
-        destination = config.destinations[m.destination]  # type: ignore[attr-defined]
-        return NewMessage(
-            channel=m.channel,  # type: ignore[attr-defined]
-            destination=m.destination,  # type: ignore[attr-defined]
-            lane_key=m.lane_key,  # type: ignore[attr-defined]
-            appointment_id=m.appointment_id,  # type: ignore[attr-defined]
-            message_type=m.message_type,  # type: ignore[attr-defined]
-            control_id=m.control_id,  # type: ignore[attr-defined]
-            payload=m.payload,  # type: ignore[attr-defined]
-            event_json=json.dumps(event.to_dict(), ensure_ascii=False),
-            error=m.error,  # type: ignore[attr-defined]
-            hold_lane=destination.ack.on_dead_letter == "hold",
-        )
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
 
 
 def _log_processed(e: StoredEvent, r: ProcessedEvent) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from load import bench_intake  # noqa: E402
-from load.httpload import build_request, closed_loop, median, open_loop, send_all  # noqa: E402
+from load.httpload import closed_loop, median, open_loop, send_all  # noqa: E402
 from load.run import Procs, copy_channels, free_port, start_sim, wait_port  # noqa: E402
 
 FLOORS = {"intake": 2000.0, "intake_p99_ms": 20.0, "render": 10000.0, "e2e": 1000.0,
@@ -74,7 +75,11 @@ def start_engine(procs: Procs, data: Path, channels: Path, env: dict[str, str], 
     p = procs.start("engine", [sys.executable, "-m", "engine", "serve", "--http",
                                f"127.0.0.1:{port}", "--data", str(data), "--channels",
                                str(channels), *(extra or [])], log, env)
-    wait_port(port, p)
+    try:
+        wait_port(port, p)
+    except SystemExit:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise SystemExit(f"the engine did not start; its output:\n{tail}") from None
     return p, port
 
 
@@ -112,7 +117,9 @@ def bench_intake_suite(runs: int, seconds: float) -> None:
             procs.start("bare", [sys.executable, str(REPO / "load" / "bare_asgi.py"), str(port)],
                         Path(os.devnull))
             wait_port(port)
-            base = asyncio.run(closed_loop("127.0.0.1", port, iter(pool), 32, seconds))
+            # the bare endpoint ignores bodies: cycle, it may answer more than the pool holds
+            base = asyncio.run(closed_loop("127.0.0.1", port, itertools.cycle(pool), 32,
+                                           seconds))
         finally:
             procs.stop()
         with tempfile.TemporaryDirectory() as tmp:

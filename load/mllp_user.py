@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from engine.hl7.ack import parse_ack
-from engine.mllp.framing import EB, SB, TRAILER
+from engine.mllp.framing import SB, TRAILER
 
 SUCCESS = frozenset({"AA", "CA"})
 

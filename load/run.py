@@ -458,7 +458,7 @@ def render_summary(args: argparse.Namespace, out: Path, total: dict[str, Any],
         lines.append("not checked")
     else:
         lines += [
-            f"| lost | duplicated | out of order | dead | quarantined | missing vs stories |",
+            "| lost | duplicated | out of order | dead | quarantined | missing vs stories |",
             "|---:|---:|---:|---:|---:|---:|",
             f"| {res['lost']} | {res['duplicated']} | {res['out_of_order']} | {res['dead']} | "
             f"{res['quarantined']} | {res.get('model_missing', 0)} |",
@@ -471,7 +471,7 @@ def render_summary(args: argparse.Namespace, out: Path, total: dict[str, Any],
         "",
         "## Queue depth over time",
         "",
-        f"peak queued: " + ", ".join(f"{k} {v}" for k, v in peak.items())
+        "peak queued: " + ", ".join(f"{k} {v}" for k, v in peak.items())
         + (f"; engine RSS {min(rss):.0f}-{max(rss):.0f} MB" if rss else ""),
         "",
         "![queue depth](queue.png)",

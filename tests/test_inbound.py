@@ -27,7 +27,6 @@ from engine.metrics import Metrics
 from engine.mllp.framing import frame
 from engine.mllp.server import shutdown
 from engine.store.sqlite import SQLiteStore
-from engine.store.sqlite_inbound import SQLiteInboundMixin
 from tests.conftest import REPO, STORE_KINDS, _pg_schema_url, free_port
 from tests.fake_calcom import FakeCalcom, standard_fake
 
@@ -35,10 +34,6 @@ KEY = "cal_test_key"
 NY = ZoneInfo("America/New_York")
 PROVIDER = "1234567893"
 CHANNEL = "ehr-main-inbound"
-
-
-class InboundStore(SQLiteInboundMixin, SQLiteStore):
-    """What the lead's SQLiteStore becomes once it inherits the mixin."""
 
 
 def slot(days: int, hour: int, minute: int = 0) -> datetime:
@@ -87,15 +82,11 @@ class Env:
 
 async def open_store(kind: str, tmp_path: Path) -> Any:
     if kind == "sqlite":
-        store: Any = InboundStore(tmp_path / "store.sqlite3")
+        store: Any = SQLiteStore(tmp_path / "store.sqlite3")
     else:
         from engine.store.postgres import PostgresStore
-        from engine.store.postgres_inbound import PostgresInboundMixin
 
-        class PgInboundStore(PostgresInboundMixin, PostgresStore):
-            pass
-
-        store = PgInboundStore(await _pg_schema_url())
+        store = PostgresStore(await _pg_schema_url())
     await store.open()
     return store
 

@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.inbound.records import HeldBlock, InboundMessage, JobOutcome, UidRecord
-from tests.conftest import STORE_KINDS, _pg_schema_url
+from engine.store.inbound_records import HeldBlock, InboundMessage, JobOutcome, UidRecord
 
 
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        from engine.store.sqlite import SQLiteStore
-        from engine.store.sqlite_inbound import SQLiteInboundMixin
-
-        class S(SQLiteInboundMixin, SQLiteStore):
-            pass
-
-        s: Any = S(tmp_path / "store.sqlite3")
-    else:
-        from engine.store.postgres import PostgresStore
-        from engine.store.postgres_inbound import PostgresInboundMixin
-
-        class P(PostgresInboundMixin, PostgresStore):
-            pass
-
-        s = P(await _pg_schema_url())
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+# the `store` fixture of conftest.py: both implementations, a fresh store each
 
 
 def msg(control_id: str, appt: str, trigger: str = "S12", **params: Any) -> InboundMessage:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import ssl
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path

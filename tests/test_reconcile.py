@@ -20,21 +20,16 @@ from engine.processing import Processor
 from engine.sim.bookings import compact
 from engine.store.base import IncomingWebhook
 from engine.store.sqlite import SQLiteStore
-from engine.store.sqlite_inbound import SQLiteInboundMixin
 from tests.conftest import REPO
 from tests.fake_calcom import FakeCalcom, standard_fake
 
 KEY = "cal_test_key"
 
 
-class Store(SQLiteInboundMixin, SQLiteStore):
-    pass
-
-
 @dataclass
 class Env:
     fake: FakeCalcom
-    store: Store
+    store: SQLiteStore
     api: CalcomApi
     processor: Processor
     metrics: Metrics
@@ -43,7 +38,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     fake = await standard_fake().start()
-    store = Store(tmp_path / "store.sqlite3")
+    store = SQLiteStore(tmp_path / "store.sqlite3")
     await store.open()
     metrics = Metrics()
     config = load_config(REPO / "channels")

@@ -61,13 +61,26 @@ class DestinationWorker:
         owner = f"{self.node_id}/{self.name}/{slot}"
         conn: MLLPConnection | None = None
         reconnect = Backoff.from_settings(self.destination().connection)
+        held: int | None = None  # the destination connection slot this task holds
         try:
             while not stop.is_set():
                 dest = self.destination()
-                lease = max(60.0, 3 * dest.connection.response_timeout_seconds)
-                batch = await self.store.claim_lane_heads(
-                    self.name, _BATCH, owner, lease, time.time()
-                )
+                lease = max(15.0, 3 * dest.connection.response_timeout_seconds)
+                now = time.time()
+                # max_connections holds for the whole cluster: hold a slot to send at all
+                if held is None:
+                    held = await self.store.acquire_slot(
+                        self.name, dest.connection.max_connections, owner, lease, now)
+                    if held is None:
+                        await _sleep_or_stop(stop, 1.0)
+                        continue
+                elif not await self.store.renew_slot(self.name, held, owner, lease, now):
+                    held = None  # taken over while we were away: never send on it again
+                    if conn is not None:
+                        await conn.close()
+                        conn = None
+                    continue
+                batch = await self.store.claim_lane_heads(self.name, _BATCH, owner, lease, now)
                 if not batch:
                     await self._idle(stop)
                     continue
@@ -77,12 +90,17 @@ class DestinationWorker:
                         await self.store.release_claims(owner)
                         await _sleep_or_stop(stop, reconnect.next())
                         continue
-                conn = await self._send_batch(conn, batch, dest, stop, slot)
+                # fencing: stop sending early enough that a reply can still come in our lease
+                deadline = now + lease - 2 * dest.connection.response_timeout_seconds
+                conn = await self._send_batch(conn, batch, dest, stop, slot, deadline)
                 await self.store.release_claims(owner)  # whatever the batch did not reach
         finally:
             if conn is not None:
                 await conn.close()
             self._set_connected(slot, False)
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    await self.store.release_slot(self.name, held, owner)
 
     async def _connect(
         self, dest: Destination, reconnect: Backoff, slot: int
@@ -107,11 +125,12 @@ class DestinationWorker:
         dest: Destination,
         stop: asyncio.Event,
         slot: int,
+        deadline: float,
     ) -> MLLPConnection | None:
         commit: asyncio.Task[None] | None = None
         try:
             for msg in batch:
-                if stop.is_set() or conn is None or conn.closed:
+                if stop.is_set() or conn is None or conn.closed or time.time() > deadline:
                     break
                 record, conn = await self._attempt(conn, msg, dest)
                 if conn is None:

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from engine.hl7.ack import build_ack
 from engine.inbound.config import InboundConfig
-from engine.inbound.records import InboundMessage
+from engine.store.inbound_records import InboundMessage
 from engine.inbound.siu import MshInfo, SiuError, read_content, read_msh, segments
 from engine.metrics import Metrics
 from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES

@@ -45,7 +45,7 @@ from engine.calcom.api import (
 )
 from engine.calcom.models import ApiBooking
 from engine.inbound.config import InboundChannel, InboundConfig
-from engine.inbound.records import (
+from engine.store.inbound_records import (
     BLOCK_CANCELLED,
     HeldBlock,
     InboundJob,

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
+
+from engine.store.inbound_records import (
+    HeldBlock,
+    InboundAccept,
+    InboundJob,
+    InboundMessage,
+    JobOutcome,
+)
 
 # received_events.state
 PENDING = "pending"  # accepted, not yet normalized
@@ -183,6 +192,26 @@ class Store(Protocol):
         """True while this node may normalize (one node at a time keeps appointment
         precedence across nodes); ask before every processing batch."""
         ...
+
+    # -- inbound: SIU from the EHR, Cal.com write jobs, reconciliation watermark --
+    async def accept_inbound(self, msg: InboundMessage) -> InboundAccept:
+        """Store the message and its Cal.com job durably (grouped); a repeated MSH-10 from
+        the same sender is recognised and not queued again."""
+        ...
+    async def inbound_claim_jobs(
+        self, limit: int, now: float, lease_seconds: float
+    ) -> list[InboundJob]: ...
+    async def inbound_finish_jobs(self, outcomes: list[JobOutcome]) -> None: ...
+    async def inbound_next_ready_at(self) -> float | None: ...
+    async def inbound_origins(self, uids: list[str]) -> dict[str, str]:
+        """Booking uid -> the inbound channel whose SIU made it (no echo back to that EHR)."""
+        ...
+    async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None: ...
+    async def inbound_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def inbound_retry_job(self, job_id: int, who: str) -> bool: ...
+    async def inbound_counts(self) -> dict[str, int]: ...
+    async def reconcile_watermark(self, source: str) -> datetime | None: ...
+    async def set_reconcile_watermark(self, source: str, ts: datetime) -> None: ...
 
     # -- operators (CLI, operator API) --
     async def queue_summary(self, now: float) -> list[dict[str, Any]]: ...

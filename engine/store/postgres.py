@@ -57,6 +57,7 @@ from engine.store.base import (
     StoredEvent,
 )
 from engine.store.migrations import load_migrations
+from engine.store.postgres_inbound import PostgresInboundMixin
 
 log = logging.getLogger("calhl7.store")
 
@@ -141,7 +142,7 @@ _AUDIT_INSERT = (
 )
 
 
-class PostgresStore:
+class PostgresStore(PostgresInboundMixin):
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
         self.url = url
         self.schema: str | None = None
@@ -930,7 +931,7 @@ async def _enqueue(conn: asyncpg.Connection, results: list[ProcessedEvent], now:
         *_columns(rows, 15), now,
     )
     holding = sorted({(_s(m.destination), _s(m.appointment_id)) for _, m in items
-                      if not m.error and m.message_type.endswith("S12")})
+                      if m.message_type.endswith("S12")})
     if holding:
         await conn.execute(
             "INSERT INTO destination_appointments (destination, appointment_id)"

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from engine.inbound.records import (
+from engine.store.inbound_records import (
     HeldBlock,
     InboundAccept,
     InboundJob,

@@ -28,13 +28,14 @@ from engine.store.base import (
     StoredEvent,
 )
 from engine.store.migrations import load_migrations
+from engine.store.sqlite_inbound import SQLiteInboundMixin
 
 T = TypeVar("T")
 _MAX_GROUP = 512  # calls per transaction; bounds the latency of the first one in a group
 _STOP = object()
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteInboundMixin):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -612,7 +613,9 @@ def _enqueue(
          m.control_id, m.payload, m.event_json, status, int(m.hold_lane), m.error, now,
          accepted_at, correlation_id),
     )
-    if not m.error and m.message_type.endswith("S12"):
+    # a dead-at-render S12 counts too: it waits in the lane for a fix and a reprocess, and
+    # what follows it must stay an S13/S14/S15, not become a second S12
+    if m.message_type.endswith("S12"):
         conn.execute(
             "INSERT INTO destination_appointments (destination, appointment_id) VALUES (?,?)"
             " ON CONFLICT DO NOTHING",

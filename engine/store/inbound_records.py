@@ -1,8 +1,4 @@
-"""Plain records the inbound path hands to the store and gets back (no I/O, no imports).
-
-They live here rather than in engine/store/base.py only so the inbound work could land
-without touching the shared protocol file; the lead may move them into base.py unchanged.
-"""
+"""Plain records the inbound path (EHR -> Cal.com) hands to the store and gets back."""
 
 from __future__ import annotations
 
