@@ -33,7 +33,7 @@ from engine.inbound.worker import InboundWorker
 from engine.metrics import Metrics
 from engine.mllp.server import shutdown as shutdown_mllp
 from engine.mllp.tls import server_ssl_context
-from engine.processing import Processor
+from engine.processing import Processor, helper_process_init
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -185,9 +185,8 @@ class Engine:
     async def refresh_gauges(self) -> None:
         """Queue gauges from the store: right after a restart, and the same on every node."""
         summary = await self.store.queue_summary(time.time())
-        counts = await self.store.counts()
         self.metrics.set_queue_gauges(summary, self.config().destinations,
-                                      counts.get("events_quarantined", 0))
+                                      await self.store.quarantined_count())
 
     async def _refresh_gauges(self) -> None:
         while not self.stop.is_set():
@@ -207,7 +206,8 @@ class Engine:
                 await release()
         if self.settings.processing_processes > 0:
             self._pool = ProcessPoolExecutor(self.settings.processing_processes,
-                                             mp_context=multiprocessing.get_context("spawn"))
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=helper_process_init)
             self.processor.pool = self._pool
         await self.store.listen(lambda destination: self._wake_destinations({destination}))
         api = CalcomApi.from_env(self.metrics) if os.environ.get("CALHL7_CALCOM_API_KEY") else None

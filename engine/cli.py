@@ -26,6 +26,9 @@ def host_port(value: str) -> tuple[str, int]:
 
 def run_fast(coro: Any) -> Any:
     """Run on uvloop when it is there (it comes with uvicorn[standard]), else asyncio's loop."""
+    # the store's writer thread takes the GIL between statements: hand it back sooner, so a
+    # webhook waiting on the event loop is not held up by a big commit
+    sys.setswitchinterval(0.0005)
     try:
         import uvloop
     except ImportError:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -170,11 +172,24 @@ def _process_in_worker(channels_dir: str, fingerprint: str, batch: Batch) -> Bat
         if config.fingerprint != fingerprint:  # files changed again: let the parent decide
             raise ConfigMismatch(channels_dir)
         _WORKER_CONFIG[channels_dir] = config
-    return process_batch(batch)
+    return process_batch(batch, config)
 
 
 class ConfigMismatch(RuntimeError):
     pass
+
+
+def helper_process_init() -> None:
+    """In each helper process: exit when the engine is gone, even after a kill -9 (nothing
+    else would end a process blocked on the pool's queue)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class Processor:
@@ -189,7 +204,7 @@ class Processor:
         config: Callable[[], Config],
         metrics: Metrics,
         on_enqueued: Callable[[set[str]], None] = lambda destinations: None,
-        batch_size: int = 200,
+        batch_size: int = 64,  # small: a big commit would hold up the webhooks behind it
         pool: Executor | None = None,
         echo_destinations: Callable[[str], frozenset[str]] = lambda channel: frozenset(),
         node_id: str = "local",
@@ -203,6 +218,7 @@ class Processor:
         self.echo_destinations = echo_destinations
         self.node_id = node_id
         self.wake = asyncio.Event()
+        self.helper_batches = 0  # batches the helper process did (the rest ran here)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -233,6 +249,7 @@ class Processor:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self.pool, _process_in_worker, str(config.directory),
                     config.fingerprint, batch)
+                self.helper_batches += 1
             except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
                 log.warning("processing helper unavailable; processing in the engine",
                             extra={"error": type(exc).__name__})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import socket
 import subprocess
@@ -76,7 +77,7 @@ def main() -> None:
         port = free_port()
         bare = subprocess.Popen([sys.executable, str(REPO / "load" / "bare_asgi.py"), str(port)])
         wait_port(port)
-        it = iter(pool)
+        it = itertools.cycle(pool)  # the bare endpoint does not care about repeats
         base = asyncio.run(closed_loop("127.0.0.1", port, it, args.connections, args.seconds))
         bare.terminate()
         bare.wait()

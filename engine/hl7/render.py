@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from datetime import date, datetime, tzinfo
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,15 @@ import jinja2
 
 from engine.hl7.escape import escape
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hl7_templates"
+# The shipped templates: CALHL7_TEMPLATES, else hl7_templates/ of the source tree (an
+# editable install), else ./hl7_templates (the Docker image's working directory).
+TEMPLATE_DIR = next(
+    (p for p in (Path(os.environ["CALHL7_TEMPLATES"]) if os.environ.get("CALHL7_TEMPLATES")
+                 else None,
+                 Path(__file__).resolve().parents[2] / "hl7_templates",
+                 Path.cwd() / "hl7_templates") if p is not None and p.is_dir()),
+    Path(__file__).resolve().parents[2] / "hl7_templates",
+)
 DEFAULT_TEMPLATES: dict[str, str] = {"2.5.1": "siu_v251.hl7.j2", "2.3": "siu_v23.hl7.j2"}
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,7 +131,7 @@ class WebhookApp:
             trigger=check.trigger,
             booking_uid=check.booking_uid,
             received_at=time.time(),
-            correlation_id=uuid.uuid4().hex[:16],
+            correlation_id=os.urandom(8).hex(),
             state=state,
             reason=check.reason,
         )

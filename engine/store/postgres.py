@@ -772,6 +772,10 @@ class PostgresStore(PostgresInboundMixin):
             out.append(entry)
         return out
 
+    async def quarantined_count(self) -> int:
+        return await self._p().fetchval(
+            "SELECT COUNT(*) FROM received_events WHERE state = 'quarantined'")
+
     async def counts(self) -> dict[str, int]:
         async with self._p().acquire() as conn:
             out = {f"events_{s}": n for s, n in await conn.fetch(

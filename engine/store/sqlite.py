@@ -466,6 +466,10 @@ class SQLiteStore(SQLiteInboundMixin):
 
         return await self._call(fn)
 
+    async def quarantined_count(self) -> int:
+        return await self._call(lambda c: c.execute(
+            "SELECT COUNT(*) FROM received_events WHERE state = 'quarantined'").fetchone()[0])
+
     async def counts(self) -> dict[str, int]:
         def fn(conn: sqlite3.Connection) -> dict[str, int]:
             out = {f"events_{s}": n for s, n in conn.execute(

@@ -49,6 +49,8 @@ CREATE TABLE lanes (
     UNIQUE (destination, lane_key)
 );
 CREATE INDEX lanes_ready ON lanes (destination, ready_at) WHERE head_id IS NOT NULL AND held = 0;
+CREATE INDEX lanes_owner ON lanes (owner) WHERE owner IS NOT NULL;
+CREATE INDEX lanes_held ON lanes (destination) WHERE held = 1;
 
 CREATE TABLE outbound (
     id             INTEGER PRIMARY KEY,
