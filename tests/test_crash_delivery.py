@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from engine.sim.bookings import StoryTeller, compact, sign
@@ -72,8 +73,12 @@ async def test_sigkill_mid_delivery_then_restart(tmp_path: Path) -> None:
             if len(sim_log(logs["main"])) >= 40:
                 break
             await asyncio.sleep(0.01)
+        helpers = psutil.Process(engine.pid).children(recursive=True)
+        assert helpers, "serve runs the pure core in a helper process by default"
         engine.send_signal(signal.SIGKILL)
         engine.wait(10)
+        _, alive = psutil.wait_procs(helpers, timeout=5)
+        assert alive == [], "helper processes outlived a kill -9 of the engine"
         delivered_before = len(sim_log(logs["main"])) + len(sim_log(logs["legacy"]))
 
         engine = start(serve, env)

@@ -150,3 +150,14 @@ async def test_client_speaking_http_to_nothing_gets_404(tmp_path: Path, store_ur
         r = await eng.client.get("/nope")
         assert r.status_code == 404
         assert isinstance(eng.client, httpx.AsyncClient)
+
+
+async def test_pure_core_runs_in_a_helper_process(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, processing_processes=1) as eng:
+        teller = StoryTeller(seed=12)
+        for _ in range(5):
+            for hook in teller.story().webhooks:
+                assert (await eng.post(hook)).status_code == 200
+        counts = await eng.settle(30)
+        assert counts.get("events_pending", 0) == 0
+        assert eng.engine.processor.helper_batches > 0  # not the in-engine fallback

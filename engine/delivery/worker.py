@@ -65,7 +65,7 @@ class DestinationWorker:
         try:
             while not stop.is_set():
                 dest = self.destination()
-                lease = max(15.0, 3 * dest.connection.response_timeout_seconds)
+                lease = max(3.0, 3 * dest.connection.response_timeout_seconds)
                 now = time.time()
                 # max_connections holds for the whole cluster: hold a slot to send at all
                 if held is None:
