@@ -65,10 +65,13 @@ class SQLiteStore(SQLiteInboundMixin):
         self._conn.close()
 
     # ------------------------------------------------------------------ the writer thread
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], urgent: bool = False) -> T:
+        """Run `fn` on the writer thread inside the next transaction. `urgent` calls (someone
+        is waiting on the wire: a webhook, an MLLP sender) commit ahead of the rest of their
+        group, so a big processing commit never stands between a webhook and its 2xx."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._calls.put((fn, fut, loop))
+        self._calls.put((fn, fut, loop, urgent))
         return await fut
 
     def _run(self) -> None:
@@ -88,7 +91,11 @@ class SQLiteStore(SQLiteInboundMixin):
                     self._calls.put(_STOP)
                     break
                 group.append(item)
-            self._run_group(conn, group)
+            urgent = [(fn, fut, loop) for fn, fut, loop, u in group if u]
+            rest = [(fn, fut, loop) for fn, fut, loop, u in group if not u]
+            for part in (urgent, rest):
+                if part:
+                    self._run_group(conn, part)
 
     @staticmethod
     def _run_group(conn: sqlite3.Connection, group: list[Any]) -> None:
@@ -150,7 +157,7 @@ class SQLiteStore(SQLiteInboundMixin):
             ).fetchone()
             return AcceptResult(row[0], True, row[1])
 
-        return await self._call(fn)
+        return await self._call(fn, urgent=True)
 
     # ------------------------------------------------------------------ processing
     async def pending_events(self, limit: int) -> list[StoredEvent]:

@@ -74,7 +74,7 @@ class SQLiteInboundMixin:
                     return out
 
                 try:
-                    results = await self._call(fn)
+                    results = await self._call(fn, urgent=True)
                 except Exception as exc:  # noqa: BLE001 - the commit failed: nobody is stored
                     results = [(False, exc)] * len(batch)
                 for (_, _, fut), (ok, value) in zip(batch, results, strict=True):

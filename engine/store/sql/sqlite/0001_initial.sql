@@ -27,6 +27,7 @@ CREATE TABLE booking_uids (
     uid            TEXT PRIMARY KEY,
     appointment_id TEXT NOT NULL
 );
+CREATE INDEX booking_uids_appointment ON booking_uids (appointment_id);
 
 -- Which destination was ever queued an S12 for an appointment (never send S13-S26 without).
 CREATE TABLE destination_appointments (
@@ -34,6 +35,7 @@ CREATE TABLE destination_appointments (
     appointment_id TEXT NOT NULL,
     PRIMARY KEY (destination, appointment_id)
 );
+CREATE INDEX destination_appointments_appointment ON destination_appointments (appointment_id);
 
 -- A lane is a FIFO per (destination, ordering key); only its head is ever in flight.
 CREATE TABLE lanes (
