@@ -79,6 +79,7 @@ class Engine:
         self._inbound: InboundConfig | None = None
         self._fingerprint: object = None
         self._workers: dict[str, tuple[DestinationWorker, asyncio.Task[None], asyncio.Event]] = {}
+        self._worker_tasks: set[asyncio.Task[None]] = set()  # incl. ones being retired
         self._pool: ProcessPoolExecutor | None = None
         self.processor = Processor(
             self.store, self.config, self.metrics, self._wake_destinations,
@@ -134,12 +135,15 @@ class Engine:
 
     # ------------------------------------------------------------------ workers
     def _sync_workers(self) -> None:
-        """One worker per destination; a destination whose settings changed gets a new one."""
+        """One worker per destination; a destination whose settings changed gets a new one,
+        which starts only once the old one has stopped (never two senders on one lane)."""
         wanted = self.config().destinations
+        retiring: dict[str, asyncio.Task[None]] = {}
         for name in list(self._workers):
             worker, task, stop = self._workers[name]
-            if name not in wanted or worker.snapshot != wanted[name]:
+            if name not in wanted or worker.settings != wanted[name]:
                 stop.set()
+                retiring[name] = task
                 del self._workers[name]
         for name, dest in wanted.items():
             if name in self._workers:
@@ -149,13 +153,18 @@ class Engine:
             status = self.readiness.destinations.setdefault(name, {})
             worker = DestinationWorker(
                 name, lambda n=name: self.config().destinations[n], self.store, self.metrics,
-                self.settings.node_id, status,
+                self.settings.node_id, status, settings=dest,
             )
-            worker.snapshot = dest  # type: ignore[attr-defined]
-            task = asyncio.create_task(self._run_worker(worker, stop), name=f"deliver-{name}")
+            task = asyncio.create_task(self._run_worker(worker, stop, retiring.get(name)),
+                                       name=f"deliver-{name}")
             self._workers[name] = (worker, task, stop)
+            self._worker_tasks.add(task)
+            task.add_done_callback(self._worker_tasks.discard)
 
-    async def _run_worker(self, worker: DestinationWorker, stop: asyncio.Event) -> None:
+    async def _run_worker(self, worker: DestinationWorker, stop: asyncio.Event,
+                          predecessor: asyncio.Task[None] | None = None) -> None:
+        if predecessor is not None:
+            await asyncio.wait([predecessor])
         both = asyncio.Event()
 
         async def relay() -> None:
@@ -272,6 +281,8 @@ class Engine:
                     s.should_exit = True
                 for _, _, stop in self._workers.values():
                     stop.set()
+                if self._worker_tasks:  # let in-flight sends finish and their ACKs commit
+                    await asyncio.wait(set(self._worker_tasks), timeout=15)
         finally:
             if listener is not None:
                 await shutdown_mllp(listener, grace=2)

@@ -154,7 +154,9 @@ async def cmd_reprocess(store: Store, args: argparse.Namespace) -> int:
     if rendered.error:
         print(f"still cannot render message {args.id}: {rendered.error}", file=sys.stderr)
         return 1
-    await store.replace_payload(args.id, rendered.control_id, rendered.payload, _who())
+    if not await store.replace_payload(args.id, rendered.control_id, rendered.payload, _who()):
+        print(f"message {args.id} was acknowledged meanwhile; nothing changed", file=sys.stderr)
+        return 1
     print(f"message {args.id} rendered again as MSH-10 {rendered.control_id} "
           f"(was {msg['control_id']}); it goes out in its lane's order")
     return 0

@@ -45,7 +45,16 @@ def _uids_of(body: bytes) -> list[str]:
         return []
     payload = doc.get("payload") if isinstance(doc.get("payload"), dict) else doc
     found = [payload.get(k) for k in _UID_KEYS]
-    return [u for u in found if isinstance(u, str) and u]
+    return [u for u in found if isinstance(u, str) and u and _encodable(u)]
+
+
+def _encodable(text: str) -> bool:
+    """False for a lone surrogate (valid JSON, not UTF-8): no store could look it up."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +123,21 @@ def _process_one(
             appointment_state=state_json, uid_links=dict(n.uid_links), audit=notes,
         ), n.disposition
     event = n.event
-    result = route(
-        event, config,
-        destination_has=lambda dest, appt: (dest, appt) in holding,
-        make_control_id=new_control_id,
-        now=datetime.fromtimestamp(now, UTC),
-    )
+    try:
+        result = route(
+            event, config,
+            destination_has=lambda dest, appt: (dest, appt) in holding,
+            make_control_id=new_control_id,
+            now=datetime.fromtimestamp(now, UTC),
+        )
+    except Exception as exc:  # noqa: BLE001 - one poison event must not stop the others
+        return ProcessedEvent(stored.id, base.QUARANTINED,
+                              reason=f"routing failed: {type(exc).__name__}"), "quarantined"
     skipped = [{"channel": c, "reason": r} for c, r in result.skipped]
     routed = [m for m in result.messages if m.destination not in echo_to]
     skipped += [{"channel": m.channel, "reason": "made by this EHR: no echo"}
                 for m in result.messages if m.destination in echo_to]
-    event_json = json.dumps(event.to_dict(), ensure_ascii=False)
+    event_json = json.dumps(event.to_dict())  # ASCII: a lone surrogate cannot break the row
     messages = tuple(_to_new_message(m, event_json, config) for m in routed)
     for m in messages:
         if m.message_type.endswith("S12"):  # even dead at render: it waits for a fix
@@ -257,15 +270,35 @@ class Processor:
             result = process_batch(batch, config)
         try:
             await self.store.commit_processed(list(result.results))
-        except Exception as exc:
-            if type(exc).__name__ == "NotPending":  # another node processed them meanwhile
-                return 0
-            raise
+        except base.NotPending:  # another node processed them meanwhile
+            return 0
+        except Exception as exc:  # noqa: BLE001 - find the one that cannot be stored
+            log.error("batch commit failed; committing its events one by one",
+                      extra={"error": type(exc).__name__})
+            result = await self._commit_one_by_one(result)
         self._count(events, result)
         destinations = {m.destination for r in result.results for m in r.messages}
         if destinations:
             self.on_enqueued(destinations)
         return len(events)
+
+    async def _commit_one_by_one(self, result: BatchResult) -> BatchResult:
+        """An event whose results cannot be stored is quarantined on its own (raw body kept,
+        reprocessable after a fix) instead of holding every event behind it."""
+        results, outcomes = [], []
+        for r, outcome in zip(result.results, result.outcomes, strict=True):
+            try:
+                await self.store.commit_processed([r])
+            except base.NotPending:
+                continue
+            except Exception as exc:  # noqa: BLE001
+                r = ProcessedEvent(r.event_id, base.QUARANTINED,
+                                   reason=f"could not be stored: {type(exc).__name__}")
+                outcome = "quarantined"
+                await self.store.commit_processed([r])
+            results.append(r)
+            outcomes.append(outcome)
+        return BatchResult(tuple(results), tuple(outcomes))
 
     async def _read_inputs(self, events: list[StoredEvent]) -> Batch:
         uids = [u for e in events for u in _uids_of(e.body)]
@@ -275,7 +308,7 @@ class Processor:
         echo: dict[int, frozenset[str]] = {}
         origins_of = getattr(self.store, "inbound_origins", None)
         if origins_of is not None:
-            echo_keys = [u for e in events for u in echo_uids(e.body)]
+            echo_keys = [u for e in events for u in echo_uids(e.body) if _encodable(u)]
             origins = await origins_of(echo_keys) if echo_keys else {}
             for e in events:
                 channel = echo_origin(e.body, origins)
@@ -284,7 +317,9 @@ class Processor:
         return Batch(tuple(events), states, frozenset(holding), echo)
 
     def _count(self, events: list[StoredEvent], result: BatchResult) -> None:
-        for e, r, outcome in zip(events, result.results, result.outcomes, strict=True):
+        by_id = {e.id: e for e in events}
+        for r, outcome in zip(result.results, result.outcomes, strict=True):
+            e = by_id[r.event_id]
             self.metrics.events.labels(outcome).inc()
             for m in r.messages:
                 self.metrics.messages_queued.labels(m.channel, m.destination, m.message_type).inc()

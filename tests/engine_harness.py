@@ -93,3 +93,19 @@ async def running_engine(
         await asyncio.wait_for(task, 30)
         for server in [v for k, v in sims.items()]:
             await stop_sim(server)
+
+
+async def eventually(condition: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll `condition()` (sync or async) until it returns something truthy; fail after
+    `timeout`. Tests wait for a condition, never for a fixed time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout:g}s")
+        await asyncio.sleep(interval)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from collections import defaultdict
@@ -14,7 +13,7 @@ import yaml
 from engine.sim.bookings import StoryTeller
 from engine.sim.ehr import SimPolicy, run_sim, simulator_of, stop_sim
 from tests.conftest import REPO
-from tests.engine_harness import Running, running_engine
+from tests.engine_harness import Running, eventually, running_engine
 
 
 def fast_channels(tmp_path: Path, **overrides: Any) -> Path:
@@ -71,6 +70,11 @@ async def acked(eng: Running, destination: str) -> list[tuple[str, str, int]]:
     return rows
 
 
+async def _processed(eng: Running) -> dict[str, int] | None:
+    counts = await eng.store.counts()
+    return counts if counts.get("events_processed") and not counts.get("events_pending") else None
+
+
 async def post_stories(eng: Running, count: int, seed: int = 1) -> None:
     teller = StoryTeller(seed=seed)
     for _ in range(count):
@@ -83,8 +87,8 @@ async def test_ehr_down_at_start_then_up(tmp_path: Path, store_url: str | None) 
     async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               start_sims=False) as eng:
         await post_stories(eng, 15)
-        await asyncio.sleep(0.5)
-        assert (await eng.store.counts()).get("messages_queued", 0) > 0  # waiting on disk
+        counts = await eventually(lambda: _processed(eng))
+        assert counts.get("messages_queued", 0) > 0  # waiting on disk
         ports = eng.sims["ports"]
         main = await run_sim("127.0.0.1", ports["main"], SimPolicy(), tmp_path / "main.jsonl")
         legacy = await run_sim("127.0.0.1", ports["legacy"], SimPolicy(encoding="ascii"),
@@ -132,10 +136,9 @@ async def test_reject_then_accept_is_retried_and_delivered(tmp_path: Path, store
     async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=policy) as eng:
         await post_stories(eng, 8, seed=11)
-        await asyncio.sleep(0.6)
-        assert (await eng.store.counts()).get("messages_dead", 0) == 0
         sim = simulator_of(eng.sims["main_server"])
-        assert sim.acks.get("AR", 0) >= 1
+        await eventually(lambda: sim.acks.get("AR", 0) >= 2)  # rejected, then retried
+        assert (await eng.store.counts()).get("messages_dead", 0) == 0
         sim.policy = SimPolicy()
         counts = await eng.settle(10)
         assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
@@ -146,8 +149,8 @@ async def test_silent_ehr_times_out_and_resends_same_control_id(tmp_path: Path, 
     async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(silent=True)) as eng:
         await post_stories(eng, 4, seed=4)
-        await asyncio.sleep(1.5)
         sim = simulator_of(eng.sims["main_server"])
+        await eventually(lambda: sim.received >= 2)  # sent, timed out, sent again
         sim.policy = SimPolicy()
         counts = await eng.settle(10)
         assert counts.get("messages_queued", 0) == 0
@@ -161,7 +164,8 @@ async def test_wrong_msa2_is_never_credited(tmp_path: Path, store_url: str | Non
     async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(wrong_msa2=True)) as eng:
         await post_stories(eng, 4, seed=5)
-        await asyncio.sleep(0.8)
+        sim = simulator_of(eng.sims["main_server"])
+        await eventually(lambda: sim.received >= 3)  # wrong MSA-2s came back
         assert await acked(eng, "ehr-main") == []
         simulator_of(eng.sims["main_server"]).policy = SimPolicy()
         counts = await eng.settle(10)
@@ -173,7 +177,7 @@ async def test_ehr_that_closes_after_reading(tmp_path: Path, store_url: str | No
     async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(close_after_read=True)) as eng:
         await post_stories(eng, 4, seed=6)
-        await asyncio.sleep(0.8)
+        await eventually(lambda: simulator_of(eng.sims["main_server"]).received >= 2)
         simulator_of(eng.sims["main_server"]).policy = SimPolicy()
         counts = await eng.settle(10)
         assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
@@ -184,8 +188,8 @@ async def test_resend_answered_with_duplicate_key_counts_as_delivered(tmp_path: 
     async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
                               main_policy=SimPolicy(silent=True)) as eng:
         await post_stories(eng, 4, seed=8)
-        await asyncio.sleep(0.8)  # the EHR stored it but never answered: we will resend
         sim = simulator_of(eng.sims["main_server"])
+        await eventually(lambda: sim.received >= 1)  # it got it but never answered: resend
         sim.policy = SimPolicy(duplicate_key_ae=True)
         counts = await eng.settle(10)
         assert counts.get("messages_dead", 0) == 0 and counts.get("messages_queued", 0) == 0

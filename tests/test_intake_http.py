@@ -161,3 +161,25 @@ async def test_pure_core_runs_in_a_helper_process(tmp_path: Path) -> None:
         counts = await eng.settle(30)
         assert counts.get("events_pending", 0) == 0
         assert eng.engine.processor.helper_batches > 0  # not the in-engine fallback
+
+
+async def test_a_poison_event_is_quarantined_and_the_rest_flow(tmp_path: Path,
+                                                               store_url: str | None) -> None:
+    """A lone surrogate is valid JSON but not UTF-8: it must neither lose the webhook (5xx)
+    nor stop the events behind it."""
+    teller = StoryTeller(seed=13)
+    _, poison = teller.created()
+    raw = compact(poison).decode()
+    first = poison["payload"]["attendees"][0]["firstName"]
+    body = raw.replace(json.dumps(first, ensure_ascii=False), '"Zo\\ud800e"', 1)
+    body = body.replace(poison["payload"]["uid"], poison["payload"]["uid"] + "\\udfff", 1)
+    async with running_engine(tmp_path, store_url=store_url) as eng:
+        r = await eng.post(body.encode())
+        assert r.status_code in (200, 202), r.text
+        healthy = [teller.created()[1] for _ in range(3)]
+        for hook in healthy:
+            assert (await eng.post(hook)).status_code == 200
+        counts = await eng.settle(20)
+        assert counts.get("events_pending", 0) == 0
+        assert counts.get("events_processed", 0) >= 3
+        assert counts.get("events_quarantined", 0) <= 1  # the poison, kept for a fix

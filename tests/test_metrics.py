@@ -17,7 +17,7 @@ from engine.http.asgi import HttpSettings, WebhookApp
 from engine.metrics import trigger_label
 from engine.sim.bookings import StoryTeller, compact, sign
 from engine.sim.ehr import SimPolicy, simulator_of
-from tests.engine_harness import SECRET, Running, running_engine
+from tests.engine_harness import SECRET, Running, eventually, running_engine
 from tests.test_delivery import fast_channels, received
 
 Labels = frozenset[tuple[str, str]]
@@ -118,7 +118,7 @@ async def test_scraped_metrics_equal_what_happened(tmp_path: Path) -> None:
         for story in [teller.story() for _ in range(5)]:
             for hook in story.webhooks:
                 await post(hook, "accepted", 200, hook["triggerEvent"])
-        await asyncio.sleep(1.3)
+        await eventually(lambda: main.received >= 2)  # a send, a timeout, a resend
         main.policy = SimPolicy()
         assert await eng.store.resend(main_dead[0]["id"], "analyst")
         fix = await eng.store.message(main_dead[1]["id"])
@@ -378,7 +378,10 @@ async def test_series_do_not_grow_with_bookings(tmp_path: Path) -> None:
             await eng.store.set_channel_paused(name, False, "test")
         for worker, _task, _stop in engine._workers.values():
             worker.wake.set()
-        await asyncio.sleep(3)
-        text = await scrape(eng.client)
-        assert sum(values(text, "calhl7_messages_total", "outcome").values()) > acked_before + 100
+        async def moved_on() -> str | None:
+            text = await scrape(eng.client)
+            done = sum(values(text, "calhl7_messages_total", "outcome").values())
+            return text if done > acked_before + 100 else None
+
+        text = await eventually(moved_on, timeout=60)
         assert series(text) == after_100, series(text) ^ after_100

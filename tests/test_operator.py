@@ -12,7 +12,7 @@ import yaml
 
 from engine import cli
 from engine.sim.bookings import StoryTeller
-from tests.engine_harness import running_engine
+from tests.engine_harness import eventually, running_engine
 from tests.test_delivery import fast_channels, received
 
 
@@ -21,6 +21,10 @@ def family_visit(teller: StoryTeller) -> tuple[object, dict]:
     while b.event_type[1] != 731044:  # a family-medicine video visit: only ehr-main gets it
         b, hook = teller.created()
     return b, hook
+
+
+async def _queued(eng) -> bool:  # noqa: ANN001
+    return (await eng.store.counts()).get("messages_queued") == 1
 
 
 async def run_cli(*argv: str) -> int:
@@ -72,7 +76,9 @@ async def test_broken_edit_keeps_the_running_configuration(tmp_path: Path) -> No
     async with running_engine(tmp_path, channels_dir=channels) as eng:
         before = eng.engine.config()
         (channels / "family-medicine.yaml").write_text("name: [broken\n")
-        await asyncio.sleep(1.5)
+        registry = eng.engine.metrics.registry
+        await eventually(lambda: registry.get_sample_value(
+            "calhl7_config_reloads_total", {"outcome": "failed"}))  # it tried, and refused
         assert eng.engine.config() is before
         teller = StoryTeller(seed=22)
         _, hook = family_visit(teller)
@@ -89,7 +95,8 @@ async def test_pause_and_resume_a_channel(tmp_path: Path, capsys) -> None:  # no
         teller = StoryTeller(seed=23)
         _, hook = family_visit(teller)
         await eng.post(hook)
-        await asyncio.sleep(1.5)
+        await eventually(lambda: _queued(eng))
+        await asyncio.sleep(1.0)  # two idle polls of the worker: a paused channel stays put
         assert (await eng.store.counts()).get("messages_queued") == 1
         assert received(tmp_path / "main.jsonl") == []
         assert await run_cli("queue", "--lanes", *data) == 0

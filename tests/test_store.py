@@ -390,3 +390,31 @@ async def test_a_lone_node_leads_and_may_listen(store) -> None:
     assert await store.try_lead("node-1")  # still
     seen: list[str] = []
     await store.listen(seen.append)
+
+
+async def test_reprocess_never_requeues_an_acknowledged_message(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"ack-then-op":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"))
+    now = time.time()
+    (m,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
+    await store.record_attempts([AttemptRecord(m.id, m.lane_id, m.fence, "delivered", now)])
+    # a new MSH-10 for a change the EHR has would be a duplicate: refused
+    assert not await store.replace_payload(m.id, "NEW1", b"MSH|new", "analyst")
+    assert (await store.message(m.id))["status"] == "acked"
+    assert await store.claim_lane_heads("ehr", 10, "n", 30, now + 1) == []
+
+
+async def test_reprocess_while_in_flight_fences_the_old_send(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"inflight-op":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"))
+    now = time.time()
+    (old,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
+    await store.record_attempts([AttemptRecord(old.id, old.lane_id, old.fence, "dead", now)])
+    assert (await store.message(old.id))["status"] == "dead"
+    # the analyst reprocesses; a send of the old bytes that was still in flight answers late
+    assert await store.replace_payload(old.id, "A1-fixed", b"MSH|fixed", "analyst")
+    await store.record_attempts([AttemptRecord(old.id, old.lane_id, old.fence, "delivered",
+                                               now + 1)])
+    assert (await store.message(old.id))["status"] == "queued"  # the late ACK did not count
+    (new,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)
+    assert new.control_id == "A1-fixed" and new.fence > old.fence

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 from engine.channels.config import Destination
@@ -27,7 +28,7 @@ log = logging.getLogger("calhl7.delivery")
 
 _BATCH = 64
 _IDLE_POLL_SECONDS = 0.5  # operator actions from another process show up this fast
-_RESET_RETRY_SECONDS = 0.2
+_MIN_IDLE_SECONDS = 0.05
 
 
 class DestinationWorker:
@@ -39,12 +40,16 @@ class DestinationWorker:
         metrics: Metrics,
         node_id: str,
         status: dict[str, object] | None = None,
+        settings: Destination | None = None,
     ) -> None:
         self.name = name
         self.destination = destination  # a getter: hot reload changes settings in place
         self.store = store
         self.metrics = metrics
         self.node_id = node_id
+        self.settings = settings  # what it was started with: a reload that changes it restarts it
+        # claims and slots are per worker instance: a replacement never inherits them
+        self.instance = uuid.uuid4().hex[:6]
         self.wake = asyncio.Event()
         self.status = status if status is not None else {}
         self.status.setdefault("connections", 0)  # /readyz shows every destination
@@ -58,7 +63,7 @@ class DestinationWorker:
 
     # ------------------------------------------------------------------ one connection
     async def _slot(self, slot: int, stop: asyncio.Event) -> None:
-        owner = f"{self.node_id}/{self.name}/{slot}"
+        owner = f"{self.node_id}/{self.name}/{slot}/{self.instance}"
         conn: MLLPConnection | None = None
         reconnect = Backoff.from_settings(self.destination().connection)
         held: int | None = None  # the destination connection slot this task holds
@@ -154,15 +159,14 @@ class DestinationWorker:
                 self.metrics.messages.labels(msg.channel, self.name, msg.message_type, again).inc()
         sent_at = time.perf_counter()
         try:
-            try:
-                reply = await conn.send(msg.payload)
-            except PeerClosed:
-                # the peer hung up (idle timeout, restart): that is not an ACK timeout;
-                # reconnect once and resend the same bytes
-                self.metrics.reconnects.labels(self.name, "peer_closed").inc()
-                conn = await open_connection(dest.host, dest.port, dest.connection)
-                is_resend = True
-                reply = await conn.send(msg.payload)
+            reply = await conn.send(msg.payload)
+        except PeerClosed as exc:
+            # the peer hung up (idle timeout, restart): not an ACK timeout. Go again at once,
+            # same bytes, through a fresh claim (so a lapsed lease can never send)
+            self.metrics.reconnects.labels(self.name, "peer_closed").inc()
+            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", time.time(),
+                                 detail=f"peer closed: {exc}",
+                                 next_attempt_at=time.time()), None
         except ResponseTimeout as exc:
             return self._retry(msg, dest, "timeout", str(exc), None, None), None
         except (MLLPError, OSError) as exc:
@@ -185,13 +189,10 @@ class DestinationWorker:
                                  ack_code=ack.code, detail=detail,
                                  hold_lane=dest.ack.on_dead_letter == "hold"), conn
         if decision.outcome == Outcome.RESET:
-            # never credit this reply; a fresh connection so a late ACK cannot land on the next
+            # never credit this reply; a fresh connection so a late ACK cannot land on the
+            # next message; back off like any failure, within the message's budget
             await conn.close()
-            self.metrics.messages.labels(msg.channel, self.name, msg.message_type,
-                                         "bad_reply").inc()
-            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", now, ack=reply,
-                                 ack_code=ack.code, detail=decision.reason,
-                                 next_attempt_at=now + _RESET_RETRY_SECONDS), None
+            return self._retry(msg, dest, "bad_reply", detail, reply, ack.code), None
         label = "rejected" if ack.code in ("AR", "CR") else "application_error"
         return self._retry(msg, dest, label, detail, reply, ack.code), conn
 
@@ -254,8 +255,8 @@ class DestinationWorker:
         self.wake.clear()
         timeout = _IDLE_POLL_SECONDS
         ready_at = await self.store.next_ready_at(self.name)
-        if ready_at is not None:
-            timeout = min(timeout, max(0.0, ready_at - time.time()))
+        if ready_at is not None:  # a floor: never spin on a lane that is about to free up
+            timeout = min(timeout, max(_MIN_IDLE_SECONDS, ready_at - time.time()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 waiters = [asyncio.ensure_future(self.wake.wait()),

@@ -128,12 +128,12 @@ class WebhookApp:
             body=body,
             body_sha256=hashlib.sha256(body).digest(),
             content_type=headers.get("content-type"),
-            trigger=check.trigger,
-            booking_uid=check.booking_uid,
+            trigger=_storable(check.trigger),
+            booking_uid=_storable(check.booking_uid),
             received_at=time.time(),
             correlation_id=os.urandom(8).hex(),
             state=state,
-            reason=check.reason,
+            reason=_storable(check.reason),
         )
         try:
             result = await self.store.accept_webhook(webhook)
@@ -186,6 +186,14 @@ class WebhookApp:
             "channels_loaded": self.readiness.channels_loaded,
             "destinations": self.readiness.destinations,
         })
+
+
+def _storable(text: str | None) -> str | None:
+    """A lone surrogate (valid in JSON, not in UTF-8) must not make the insert fail: the body
+    itself is kept byte for byte; only these lookup columns are made encodable."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 # ---------------------------------------------------------------------- ASGI plumbing

@@ -203,8 +203,9 @@ class InboundWorker:
                           result=result)
 
     def _dead(self, job: InboundJob, now: float, detail: str, ctx: _Ctx | None) -> JobOutcome:
+        # Cal.com's own words stay in the store (`calhl7 inbound-jobs`): they may quote data
         log.error("inbound job dead-lettered", extra={
-            "job": job.id, "channel": job.channel, "trigger": job.trigger, "detail": detail})
+            "job": job.id, "channel": job.channel, "trigger": job.trigger})
         return JobOutcome(job.id, job.lease, "dead", now, detail=detail,
                           held=ctx.held if ctx and ctx.changed else None,
                           uids=tuple(ctx.uids) if ctx else ())

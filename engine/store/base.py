@@ -38,6 +38,11 @@ DEAD = "dead"
 SKIPPED = "skipped"  # a dead letter the lane moved past (channel chose skip), or released
 
 
+class NotPending(RuntimeError):
+    """commit_processed found events already processed (another node did them): nothing of
+    the batch was written."""
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingWebhook:
     source: str

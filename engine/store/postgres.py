@@ -78,9 +78,9 @@ _LOST = (OSError, asyncpg.exceptions.PostgresConnectionError,
 _INTAKE_ATTEMPTS = 3  # Cal.com never retries: a webhook we fail to store is lost
 
 
-class NotPending(RuntimeError):
-    """commit_processed for an event that is no longer pending: another node processed it
-    (its leadership lapsed while it worked, or ours did). Nothing of the batch is kept."""
+# commit_processed for an event that is no longer pending: another node processed it (its
+# leadership lapsed while it worked, or ours did). Nothing of the batch is kept.
+NotPending = base.NotPending
 
 
 _ACCEPT = """
@@ -211,9 +211,12 @@ class PostgresStore(PostgresInboundMixin):
         return {"application_name": application_name}
 
     async def _connect(self, application_name: str) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self.url, timeout=10, server_settings=self._settings(application_name)
-        )
+        settings = self._settings(application_name)
+        # the server drops a vanished node's session (and so its leadership lock) within
+        # ~25 s instead of the kernel's two hours; a merely paused process keeps it: see README
+        settings.update(tcp_keepalives_idle="10", tcp_keepalives_interval="5",
+                        tcp_keepalives_count="3")
+        return await asyncpg.connect(self.url, timeout=10, server_settings=settings)
 
     def _p(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -433,8 +436,11 @@ class PostgresStore(PostgresInboundMixin):
 
     async def next_ready_at(self, destination: str) -> float | None:
         return await self._p().fetchval(
-            "SELECT MIN(ready_at) FROM lanes WHERE destination = $1"
-            " AND head_id IS NOT NULL AND NOT held",
+            # when a lane can next be claimed: not before its back-off, nor its lease
+            "SELECT MIN(GREATEST(l.ready_at, COALESCE(l.lease_until, 0))) FROM lanes l"
+            " JOIN outbound o ON o.id = l.head_id"
+            " WHERE l.destination = $1 AND l.head_id IS NOT NULL AND NOT l.held"
+            " AND o.channel NOT IN (SELECT channel FROM paused_channels)",
             _s(destination),
         )
 
@@ -678,9 +684,12 @@ class PostgresStore(PostgresInboundMixin):
             if lane_id is None:
                 return False
             await _lock_lane(conn, lane_id)
-            old_control_id, appointment_id = await conn.fetchrow(
-                "SELECT control_id, appointment_id FROM outbound WHERE id = $1", message_id
+            old_control_id, appointment_id, status = await conn.fetchrow(
+                "SELECT control_id, appointment_id, status FROM outbound WHERE id = $1",
+                message_id,
             )
+            if status == base.ACKED:
+                return False  # acknowledged meanwhile: a new MSH-10 would be a duplicate
             await conn.execute(
                 "UPDATE outbound SET control_id = $2, payload = $3, status = 'queued',"
                 " attempts = 0, last_error = NULL WHERE id = $1",
@@ -873,7 +882,8 @@ async def _requeue_in_lane(conn: asyncpg.Connection, lane_id: int, message_id: i
     """A message put back in the queue goes first again if it is ahead of the head."""
     await conn.execute(
         "UPDATE lanes SET head_id = $2, held = FALSE, ready_at = 0, owner = NULL,"
-        " lease_until = NULL WHERE id = $1 AND (head_id IS NULL OR head_id >= $2)",
+        " lease_until = NULL, fence = fence + 1"  # a send in flight can no longer decide
+        " WHERE id = $1 AND (head_id IS NULL OR head_id >= $2)",
         lane_id, message_id,
     )
 

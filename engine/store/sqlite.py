@@ -243,9 +243,11 @@ class SQLiteStore(SQLiteInboundMixin):
 
     async def next_ready_at(self, destination: str) -> float | None:
         def fn(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT MIN(ready_at) FROM lanes WHERE destination = ?"
-                " AND head_id IS NOT NULL AND held = 0",
+            row = conn.execute(  # when a lane can next be claimed: back-off and lease both
+                "SELECT MIN(MAX(l.ready_at, COALESCE(l.lease_until, 0))) FROM lanes l"
+                " JOIN outbound o ON o.id = l.head_id"
+                " WHERE l.destination = ? AND l.head_id IS NOT NULL AND l.held = 0"
+                " AND o.channel NOT IN (SELECT channel FROM paused_channels)",
                 (destination,),
             ).fetchone()
             return row[0]
@@ -379,12 +381,12 @@ class SQLiteStore(SQLiteInboundMixin):
     ) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
-                "SELECT lane_id, control_id, appointment_id FROM outbound WHERE id = ?",
+                "SELECT lane_id, control_id, appointment_id, status FROM outbound WHERE id = ?",
                 (message_id,),
             ).fetchone()
-            if row is None:
-                return False
-            lane_id, old_control_id, appointment_id = row
+            if row is None or row[3] == base.ACKED:
+                return False  # acknowledged meanwhile: a new MSH-10 would be a duplicate
+            lane_id, old_control_id, appointment_id, _status = row
             conn.execute(
                 "UPDATE outbound SET control_id = ?, payload = ?, status = 'queued',"
                 " attempts = 0, last_error = NULL WHERE id = ?",
@@ -671,7 +673,7 @@ def _requeue_in_lane(conn: sqlite3.Connection, lane_id: int, message_id: int) ->
     if head_id is None or head_id >= message_id:
         conn.execute(
             "UPDATE lanes SET head_id = ?, held = 0, ready_at = 0, owner = NULL,"
-            " lease_until = NULL WHERE id = ?",
+            " lease_until = NULL, fence = fence + 1 WHERE id = ?",  # in-flight sends lose
             (message_id, lane_id),
         )
 
