@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
+from engine.aio import sleep_or_stop
 from engine.calcom.api import CalcomApi
 from engine.calcom.reconcile import run_reconciler
 from engine.channels.config import Config, ConfigError, config_fingerprint, load_config
@@ -128,7 +129,7 @@ class Engine:
 
     async def _watch_config(self) -> None:
         while not self.stop.is_set():
-            await _sleep_or_stop(self.stop, self.settings.reload_interval_seconds)
+            await sleep_or_stop(self.stop, self.settings.reload_interval_seconds)
             with contextlib.suppress(OSError):
                 if config_fingerprint(self.settings.channels_dir) != self._fingerprint:
                     self.reload_channels("files changed")
@@ -181,7 +182,7 @@ class Engine:
             except Exception:  # noqa: BLE001 - a worker must never die quietly
                 log.exception("delivery worker failed; restarting", extra={
                     "destination": worker.name})
-                await _sleep_or_stop(both, 1.0)
+                await sleep_or_stop(both, 1.0)
         relay_task.cancel()
 
     def _wake_destinations(self, destinations: set[str]) -> None:
@@ -203,7 +204,7 @@ class Engine:
                 await self.refresh_gauges()
             except Exception as exc:  # noqa: BLE001 - readiness reports the store; keep trying
                 log.warning("gauge refresh failed", extra={"error": type(exc).__name__})
-            await _sleep_or_stop(self.stop, 2.0)
+            await sleep_or_stop(self.stop, 2.0)
 
     # ------------------------------------------------------------------ run
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -265,7 +266,8 @@ class Engine:
                 if api is not None and self.settings.reconcile_interval_seconds > 0:
                     tg.create_task(run_reconciler(
                         api, self.store, self.settings.reconcile_interval_seconds, self.stop,
-                        self.metrics, source="default", on_fed=self.processor.wake.set))
+                        self.metrics, source="default", on_fed=self.processor.wake.set,
+                        may_run=lambda: self.store.try_lead(self.settings.node_id)))
                 while not all(s.started for s in servers):
                     if any(t.done() for t in serve_tasks):
                         raise RuntimeError("HTTP server failed to start (address in use?)")
@@ -307,7 +309,7 @@ class Engine:
         while beat is not None and not self.stop.is_set():
             with contextlib.suppress(Exception):
                 await beat(self.settings.node_id, time.time())
-            await _sleep_or_stop(self.stop, self.settings.heartbeat_seconds)
+            await sleep_or_stop(self.stop, self.settings.heartbeat_seconds)
 
     @staticmethod
     def _uvicorn(app: WebhookApp, host: str, port: int) -> uvicorn.Server:
@@ -326,10 +328,6 @@ def _bound_port(server: uvicorn.Server) -> int | None:
             return sock.getsockname()[1]
     return None
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def secrets_from_env(env: Mapping[str, str] = os.environ) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from engine.aio import sleep_or_stop
 from engine.appointments.normalize import normalize
 from engine.appointments.state import AppointmentState
 from engine.channels.config import Config, load_config
@@ -242,7 +243,7 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - keep serving; the batch stays pending
                 log.error("processing batch failed; retrying in 1 s",
                           extra={"error": type(exc).__name__})
-                await _sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
             if handled < self.batch_size:
                 self.wake.clear()
                 try:
@@ -328,12 +329,6 @@ class Processor:
                                                  "dead_lettered").inc()
             _log_processed(e, r)
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 def _log_processed(e: StoredEvent, r: ProcessedEvent) -> None:

@@ -41,7 +41,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -284,6 +284,10 @@ async def _feed(store: Any, source: str, body: bytes) -> bool:
     return not result.duplicate
 
 
+class _NotOurTurn(Exception):
+    pass
+
+
 async def run_reconciler(
     api: CalcomApi,
     store: Any,
@@ -294,8 +298,10 @@ async def run_reconciler(
     source: str = "default",
     initial_lookback: timedelta = timedelta(hours=24),
     on_fed: Callable[[], None] | None = None,
+    may_run: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Every `interval_seconds`: reconcile from the stored watermark, then move it."""
+    """Every `interval_seconds`: reconcile from the stored watermark, then move it.
+    `may_run`: with several nodes, only the one it says yes to spends the API budget."""
     titles: dict[int, str | None] = {}
     titles_at = time.monotonic()
     while not stop.is_set():
@@ -303,6 +309,8 @@ async def run_reconciler(
             titles.clear()
             titles_at = time.monotonic()
         try:
+            if may_run is not None and not await may_run():
+                raise _NotOurTurn
             since = await store.reconcile_watermark(source)
             if since is None:
                 since = datetime.now(UTC) - initial_lookback
@@ -312,6 +320,8 @@ async def run_reconciler(
                 await store.set_reconcile_watermark(source, summary.watermark)
             if metrics is not None:
                 metrics.reconcile_runs.labels("ok").inc()
+        except _NotOurTurn:
+            pass
         except Exception as exc:  # noqa: BLE001 - next interval tries again from the watermark
             log.error("reconcile failed", extra={"source": source, "error": type(exc).__name__})
             if metrics is not None:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from engine.aio import sleep_or_stop
 from engine.channels.config import Destination
 from engine.delivery.policy import Outcome, backoff_seconds, budget_exhausted, classify
 from engine.hl7.ack import parse_ack
@@ -77,7 +78,7 @@ class DestinationWorker:
                     held = await self.store.acquire_slot(
                         self.name, dest.connection.max_connections, owner, lease, now)
                     if held is None:
-                        await _sleep_or_stop(stop, 1.0)
+                        await sleep_or_stop(stop, 1.0)
                         continue
                 elif not await self.store.renew_slot(self.name, held, owner, lease, now):
                     held = None  # taken over while we were away: never send on it again
@@ -93,7 +94,7 @@ class DestinationWorker:
                     conn = await self._connect(dest, reconnect, slot)
                     if conn is None:
                         await self.store.release_claims(owner)
-                        await _sleep_or_stop(stop, reconnect.next())
+                        await sleep_or_stop(stop, reconnect.next())
                         continue
                 # fencing: stop sending early enough that a reply can still come in our lease
                 deadline = now + lease - 2 * dest.connection.response_timeout_seconds
@@ -279,7 +280,3 @@ def _ids(msg: QueuedMessage, destination: str) -> dict[str, object]:
             "message_type": msg.message_type, "control_id": msg.control_id,
             "correlation_id": msg.correlation_id}
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
