@@ -164,6 +164,20 @@ def _process_one(
     ), "unrouted" if result.unrouted else "routed"
 
 
+def _overlay_of(result: BatchResult) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """What a batch's commit will write that the next batch must see: states by booking uid,
+    and which destinations got an S12."""
+    states: dict[str, str] = {}
+    holding: set[tuple[str, str]] = set()
+    for r in result.results:
+        if r.appointment_state is not None:
+            for uid in (*json.loads(r.appointment_state)["uids"], *r.uid_links):
+                states[uid] = r.appointment_state
+        holding.update((m.destination, m.appointment_id) for m in r.messages
+                       if m.message_type.endswith("S12"))
+    return states, holding
+
+
 def _to_new_message(m: OutboundMessage, event_json: str, config: Config) -> NewMessage:
     destination = config.destinations[m.destination]
     return NewMessage(
@@ -233,55 +247,106 @@ class Processor:
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.helper_batches = 0  # batches the helper process did (the rest ran here)
+        # the pipeline: the commit in flight, and what it writes (seen by the next batch)
+        self._inflight: asyncio.Task[bool] | None = None
+        self._last_id = 0
+        self._overlay_states: dict[str, str] = {}
+        self._overlay_holding: set[tuple[str, str]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             handled = 0
             try:
                 if await self.store.try_lead(self.node_id):
-                    handled = await self.process_once()
+                    handled = await self._step()
             except Exception as exc:  # noqa: BLE001 - keep serving; the batch stays pending
                 log.error("processing batch failed; retrying in 1 s",
                           extra={"error": type(exc).__name__})
+                await self._settle_pipeline()
                 await sleep_or_stop(stop, 1.0)
             if handled < self.batch_size:
+                await self._settle_pipeline()  # idle: let the last commit land first
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout=0.5)
                 except TimeoutError:
                     pass
+        await self._settle_pipeline()
 
     async def process_once(self) -> int:
-        events = await self.store.pending_events(self.batch_size)
+        """One batch, committed when this returns (tools and tests)."""
+        handled = await self._step()
+        await self._settle_pipeline()
+        return handled
+
+    async def _step(self) -> int:
+        """One batch, pipelined: its pure-core work overlaps the commit of the batch before,
+        whose results it sees through an overlay until that commit has landed."""
+        events = await self.store.pending_events(self.batch_size, after_id=self._last_id)
         if not events:
+            await self._settle_pipeline()
             return 0
         batch = await self._read_inputs(events)
+        result = await self._compute(batch)
+        if not await self._finish_inflight():
+            # the batch before did not land as computed (another node took over, or an event
+            # was quarantined at commit): what we computed on top of it is void; redo
+            self._reset_pipeline()
+            return 0
+        self._overlay_states, self._overlay_holding = _overlay_of(result)
+        self._inflight = asyncio.create_task(self._commit(events, result))
+        self._last_id = events[-1].id
+        return len(events)
+
+    async def _compute(self, batch: Batch) -> BatchResult:
         config = self.config()
-        result = None
         if self.pool is not None:
             try:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self.pool, _process_in_worker, str(config.directory),
                     config.fingerprint, batch)
                 self.helper_batches += 1
+                return result
             except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
                 log.warning("processing helper unavailable; processing in the engine",
                             extra={"error": type(exc).__name__})
-        if result is None:
-            result = process_batch(batch, config)
+        return process_batch(batch, config)
+
+    async def _commit(self, events: list[StoredEvent], result: BatchResult) -> bool:
+        """True when the batch landed exactly as computed."""
+        landed = True
         try:
             await self.store.commit_processed(list(result.results))
         except base.NotPending:  # another node processed them meanwhile
-            return 0
+            return False
         except Exception as exc:  # noqa: BLE001 - find the one that cannot be stored
             log.error("batch commit failed; committing its events one by one",
                       extra={"error": type(exc).__name__})
             result = await self._commit_one_by_one(result)
+            landed = False
         self._count(events, result)
         destinations = {m.destination for r in result.results for m in r.messages}
         if destinations:
             self.on_enqueued(destinations)
-        return len(events)
+        return landed
+
+    async def _finish_inflight(self) -> bool:
+        task, self._inflight = self._inflight, None
+        if task is None:
+            return True
+        try:
+            return await task
+        except Exception as exc:  # noqa: BLE001
+            log.error("processing commit failed", extra={"error": type(exc).__name__})
+            return False
+
+    async def _settle_pipeline(self) -> None:
+        await self._finish_inflight()
+        self._reset_pipeline()
+
+    def _reset_pipeline(self) -> None:
+        self._last_id = 0
+        self._overlay_states, self._overlay_holding = {}, set()
 
     async def _commit_one_by_one(self, result: BatchResult) -> BatchResult:
         """An event whose results cannot be stored is quarantined on its own (raw body kept,
@@ -304,8 +369,10 @@ class Processor:
     async def _read_inputs(self, events: list[StoredEvent]) -> Batch:
         uids = [u for e in events for u in _uids_of(e.body)]
         states = await self.store.appointment_states(uids) if uids else {}
+        states.update({u: self._overlay_states[u] for u in uids if u in self._overlay_states})
         appointments = list({json.loads(s)["appointment_id"] for s in states.values()})
         holding = await self.store.destinations_holding(appointments) if appointments else set()
+        holding |= self._overlay_holding
         echo: dict[int, frozenset[str]] = {}
         origins_of = getattr(self.store, "inbound_origins", None)
         if origins_of is not None:

@@ -109,12 +109,21 @@ class AppointmentEvent:
         return _decode_event(data)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """JSON-ready form. Field names are looked up once per class: this runs for every event
+    on the hot path, where dataclasses.fields() per value cost more than the rendering."""
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _encode(getattr(value, name)) for name in names}
     if isinstance(value, datetime | date):
         return value.isoformat()
-    if isinstance(value, dict):
+    if kind is dict:
         return {k: _encode(v) for k, v in value.items()}
     return value
 

@@ -317,15 +317,15 @@ class PostgresStore(PostgresInboundMixin):
         return out
 
     # ------------------------------------------------------------------ processing
-    async def pending_events(self, limit: int) -> list[StoredEvent]:
-        return await self.events(base.PENDING, limit)
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
+        return await self.events(base.PENDING, limit, after_id)
 
-    async def events(self, state: str, limit: int) -> list[StoredEvent]:
+    async def events(self, state: str, limit: int, after_id: int = 0) -> list[StoredEvent]:
         rows = await self._p().fetch(
             "SELECT id, source, body, content_type, trigger, booking_uid, received_at,"
             " correlation_id, state, reason FROM received_events WHERE state = $1"
-            " ORDER BY id LIMIT $2",
-            state, limit,
+            " AND id > $3 ORDER BY id LIMIT $2",
+            state, limit, after_id,
         )
         return [StoredEvent(*r) for r in rows]
 

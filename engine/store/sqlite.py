@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +42,10 @@ class SQLiteStore(SQLiteInboundMixin):
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        # reads run on their own connection and thread (WAL: readers never wait for the
+        # writer), so the processor can read its next batch while the last one commits
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -52,6 +57,10 @@ class SQLiteStore(SQLiteInboundMixin):
         conn.execute("PRAGMA foreign_keys=ON")
         _migrate(conn)
         self._conn = conn
+        self._read_conn = sqlite3.connect(self.path, isolation_level=None,
+                                          check_same_thread=False)
+        self._read_conn.execute("PRAGMA busy_timeout=10000")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
         self._thread.start()
 
@@ -61,7 +70,10 @@ class SQLiteStore(SQLiteInboundMixin):
         self._calls.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
-        assert self._conn is not None
+        assert self._conn is not None and self._reader is not None
+        self._reader.shutdown(wait=True)
+        assert self._read_conn is not None
+        self._read_conn.close()
         self._conn.close()
 
     # ------------------------------------------------------------------ the writer thread
@@ -73,6 +85,20 @@ class SQLiteStore(SQLiteInboundMixin):
         fut: asyncio.Future[T] = loop.create_future()
         self._calls.put((fn, fut, loop, urgent))
         return await fut
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read on the reader connection: sees what is committed, never waits for a commit."""
+        conn = self._read_conn
+        assert conn is not None and self._reader is not None
+
+        def run() -> T:
+            conn.execute("BEGIN")  # one snapshot for the whole read
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 
     def _run(self) -> None:
         conn = self._conn
@@ -160,8 +186,8 @@ class SQLiteStore(SQLiteInboundMixin):
         return await self._call(fn, urgent=True)
 
     # ------------------------------------------------------------------ processing
-    async def pending_events(self, limit: int) -> list[StoredEvent]:
-        return await self._call(lambda c: _events(c, base.PENDING, limit))
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
+        return await self._read(lambda c: _events(c, base.PENDING, limit, after_id))
 
     async def events(self, state: str, limit: int) -> list[StoredEvent]:
         return await self._call(lambda c: _events(c, state, limit))
@@ -179,7 +205,7 @@ class SQLiteStore(SQLiteInboundMixin):
                     out[uid] = row[0]
             return out
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]:
         def fn(conn: sqlite3.Connection) -> set[tuple[str, str]]:
@@ -192,7 +218,7 @@ class SQLiteStore(SQLiteInboundMixin):
                     out.add((dest, appointment_id))
             return out
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def commit_processed(self, results: list[ProcessedEvent]) -> None:
         def fn(conn: sqlite3.Connection) -> None:
@@ -252,7 +278,7 @@ class SQLiteStore(SQLiteInboundMixin):
             ).fetchone()
             return row[0]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def release_claims(self, owner: str) -> None:
         await self._call(
@@ -293,7 +319,7 @@ class SQLiteStore(SQLiteInboundMixin):
                 for d, q, dd, oldest in rows
             ]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def lanes(self, destination: str | None, limit: int) -> list[dict[str, Any]]:
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -308,7 +334,7 @@ class SQLiteStore(SQLiteInboundMixin):
             keys = ("lane", "destination", "lane_key", "head", "held", "ready_at", "owner", "queued")
             return [dict(zip(keys, r, strict=True)) for r in rows]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -324,7 +350,7 @@ class SQLiteStore(SQLiteInboundMixin):
             )
             return [dict(zip(keys, r, strict=True)) for r in rows]
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def message(self, message_id: int) -> dict[str, Any] | None:
         def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -353,7 +379,7 @@ class SQLiteStore(SQLiteInboundMixin):
             ]
             return msg
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def resend(self, message_id: int, who: str) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
@@ -438,7 +464,7 @@ class SQLiteStore(SQLiteInboundMixin):
         await self._call(fn)
 
     async def paused_channels(self) -> set[str]:
-        return await self._call(
+        return await self._read(
             lambda c: {r[0] for r in c.execute("SELECT channel FROM paused_channels")}
         )
 
@@ -473,10 +499,10 @@ class SQLiteStore(SQLiteInboundMixin):
                 out.append(entry)
             return out
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     async def quarantined_count(self) -> int:
-        return await self._call(lambda c: c.execute(
+        return await self._read(lambda c: c.execute(
             "SELECT COUNT(*) FROM received_events WHERE state = 'quarantined'").fetchone()[0])
 
     async def counts(self) -> dict[str, int]:
@@ -487,7 +513,7 @@ class SQLiteStore(SQLiteInboundMixin):
                 "SELECT status, COUNT(*) FROM outbound GROUP BY status")})
             return out
 
-        return await self._call(fn)
+        return await self._read(fn)
 
     # ------------------------------------------------------------------ cluster (one node)
     # One process owns this file, so slots live in memory, with the same rules as on
@@ -558,12 +584,13 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def _events(conn: sqlite3.Connection, state: str, limit: int) -> list[StoredEvent]:
+def _events(conn: sqlite3.Connection, state: str, limit: int,
+            after_id: int = 0) -> list[StoredEvent]:
     rows = conn.execute(
         "SELECT id, source, body, content_type, trigger, booking_uid, received_at,"
-        " correlation_id, state, reason FROM received_events WHERE state = ?"
+        " correlation_id, state, reason FROM received_events WHERE state = ? AND id > ?"
         " ORDER BY id LIMIT ?",
-        (state, limit),
+        (state, after_id, limit),
     ).fetchall()
     return [StoredEvent(*r) for r in rows]
 
