@@ -241,7 +241,7 @@ class Engine:
             HttpSettings(self.settings.secrets, self.settings.max_body_bytes,
                          serve_metrics=self.settings.metrics_port is None,
                          insecure_unsigned=self.settings.insecure_unsigned),
-            self.readiness, on_accepted=self.processor.wake.set,
+            self.readiness, on_accepted=self.processor.note_intake,
         )
         servers = [self._uvicorn(http, self.settings.http_host, self.settings.http_port)]
         if self.settings.metrics_port is not None:

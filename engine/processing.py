@@ -232,7 +232,7 @@ class Processor:
         config: Callable[[], Config],
         metrics: Metrics,
         on_enqueued: Callable[[set[str]], None] = lambda destinations: None,
-        batch_size: int = 64,  # small: a big commit would hold up the webhooks behind it
+        batch_size: int = 128,
         pool: Executor | None = None,
         echo_destinations: Callable[[str], frozenset[str]] = lambda channel: frozenset(),
         node_id: str = "local",
@@ -247,6 +247,10 @@ class Processor:
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.helper_batches = 0  # batches the helper process did (the rest ran here)
+        # while webhooks arrive, small batches: each step holds the event loop only briefly,
+        # so a webhook's 2xx never waits long; once they stop, big ones drain the backlog fast
+        self.busy_batch_size = 16
+        self._last_intake = 0.0
         # the pipeline: the commit in flight, and what it writes (seen by the next batch)
         self._inflight: asyncio.Task[bool] | None = None
         self._last_id = 0
@@ -264,7 +268,7 @@ class Processor:
                           extra={"error": type(exc).__name__})
                 await self._settle_pipeline()
                 await sleep_or_stop(stop, 1.0)
-            if handled < self.batch_size:
+            if handled == 0:
                 await self._settle_pipeline()  # idle: let the last commit land first
                 self.wake.clear()
                 try:
@@ -272,6 +276,16 @@ class Processor:
                 except TimeoutError:
                     pass
         await self._settle_pipeline()
+
+    def note_intake(self) -> None:
+        """A webhook was accepted: process it soon, and keep batches small meanwhile."""
+        self._last_intake = time.monotonic()
+        self.wake.set()
+
+    def _batch_size(self) -> int:
+        if time.monotonic() - self._last_intake < 0.2:
+            return min(self.busy_batch_size, self.batch_size)
+        return self.batch_size
 
     async def process_once(self) -> int:
         """One batch, committed when this returns (tools and tests)."""
@@ -282,7 +296,7 @@ class Processor:
     async def _step(self) -> int:
         """One batch, pipelined: its pure-core work overlaps the commit of the batch before,
         whose results it sees through an overlay until that commit has landed."""
-        events = await self.store.pending_events(self.batch_size, after_id=self._last_id)
+        events = await self.store.pending_events(self._batch_size(), after_id=self._last_id)
         if not events:
             await self._settle_pipeline()
             return 0

@@ -84,14 +84,14 @@ async def test_sigkill_mid_delivery_then_restart(tmp_path: Path) -> None:
         engine = start(serve, env)
         await wait_ready(http, engine)
         db = tmp_path / "calhl7.sqlite3"
-        for _ in range(600):
+        for _ in range(1200):  # a busy CI machine: up to a minute to drain
             (left,) = db_rows(db, "SELECT COUNT(*) FROM outbound WHERE status = 'queued'")[0:1]
             (pending,) = db_rows(db, "SELECT COUNT(*) FROM received_events"
                                      " WHERE state = 'pending'")[0:1]
             if left[0] == 0 and pending[0] == 0:
                 break
             await asyncio.sleep(0.05)
-        assert left[0] == 0 and pending[0] == 0
+        assert left[0] == 0 and pending[0] == 0, f"{left[0]} queued, {pending[0]} pending"
     finally:
         for proc in (engine, *sims):
             proc.send_signal(signal.SIGTERM)
@@ -108,8 +108,11 @@ async def test_sigkill_mid_delivery_then_restart(tmp_path: Path) -> None:
         seen_ids = [s["msh10"] for s in seen]
         # every change arrived, under the one MSH-10 it was given; nothing else arrived
         assert set(seen_ids) == control_ids, dest
-        # repeats are resends of the same MSH-10 (in flight at the kill), a handful at most
-        assert len(seen_ids) - len(set(seen_ids)) <= 4, dest
+        # repeats are resends of the same MSH-10: per connection at most the message in
+        # flight at the kill and the one whose ACK was being committed
+        connections = {"ehr-main": 2, "ehr-legacy": 1}[dest]
+        repeats = len(seen_ids) - len(set(seen_ids))
+        assert repeats <= 2 * connections, f"{dest}: {repeats} repeats"
         first = {}
         for i, cid in enumerate(seen_ids):
             first.setdefault(cid, i)
