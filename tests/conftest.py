@@ -28,8 +28,9 @@ def free_port() -> int:
 _SCHEMAS: list[str] = []
 
 
-async def _pg_schema_url() -> str:
-    """A fresh schema that lives until the end of the test session."""
+async def _create_schema() -> str:
+    """A fresh, empty schema: tests never see each other's rows. Skips the test when
+    PostgreSQL is down, unless CALHL7_REQUIRE_POSTGRES (CI), where that is a failure."""
     import asyncpg
 
     schema = "t_" + uuid.uuid4().hex[:12]
@@ -43,8 +44,18 @@ async def _pg_schema_url() -> str:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
     finally:
         await conn.close()
-    _SCHEMAS.append(schema)
+    return schema
+
+
+def _url(schema: str) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+async def _pg_schema_url() -> str:
+    """A fresh schema that lives until the end of the test session."""
+    schema = await _create_schema()
+    _SCHEMAS.append(schema)
+    return _url(schema)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,22 +80,12 @@ def _drop_session_schemas() -> Iterator[None]:
 
 @asynccontextmanager
 async def pg_schema() -> AsyncIterator[str]:
-    """A fresh schema per test, so tests never see each other's rows; dropped afterwards."""
+    """A fresh schema for one test, dropped afterwards."""
     import asyncpg
 
-    schema = "t_" + uuid.uuid4().hex[:12]
+    schema = await _create_schema()
     try:
-        conn = await asyncpg.connect(PG_URL, timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CALHL7_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await conn.close()
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        yield _url(schema)
     finally:
         conn = await asyncpg.connect(PG_URL, timeout=5)
         try:
