@@ -165,7 +165,7 @@ def bench_render_suite(seconds: float) -> None:
 async def _raw_mllp(port: int, payloads: list[bytes], connections: int) -> float:
     from engine.hl7.ack import parse_ack
     from engine.mllp.client import open_connection
-    from engine.mllp.settings import ConnectionSettings
+    from engine.connection import ConnectionSettings
 
     conns = [await open_connection("127.0.0.1", port, ConnectionSettings())
              for _ in range(connections)]
@@ -275,7 +275,7 @@ def engine_has_mllp() -> bool:
 async def _senders(port: int, n: int, senders: int, app: str) -> tuple[float, dict[str, int]]:
     from engine.hl7.ack import parse_ack
     from engine.mllp.client import open_connection
-    from engine.mllp.settings import ConnectionSettings
+    from engine.connection import ConnectionSettings
     from datetime import UTC, datetime, timedelta
 
     from load.mllp_user import siu

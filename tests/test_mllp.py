@@ -28,7 +28,7 @@ from engine.mllp import (
     serve,
     shutdown,
 )
-from engine.mllp.settings import ConnectionSettings, TlsSettings
+from engine.connection import ConnectionSettings, TlsSettings
 from engine.mllp.tls import server_ssl_context
 
 REPO = Path(__file__).resolve().parents[1]

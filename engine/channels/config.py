@@ -32,7 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from engine.delivery.policy import AckPolicy, RetryPolicy
 from engine.hl7.escape import codec_name
 from engine.hl7.render import SiuTemplate, TemplateError, default_template
-from engine.mllp.settings import ConnectionSettings
+from engine.connection import ConnectionSettings
 
 _DELIMITERS = set("|^~&")
 

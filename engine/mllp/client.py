@@ -25,7 +25,7 @@ from .errors import (
     ResponseTimeout,
 )
 from .framing import FrameReader, frame
-from .settings import ConnectionSettings
+from engine.connection import ConnectionSettings
 from .tls import client_ssl_context
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from .settings import TlsSettings
+from engine.connection import TlsSettings
 
 
 def client_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:

@@ -1,4 +1,5 @@
-"""Connection settings for one MLLP peer (a destination's side of the wire)."""
+"""Connection settings for one MLLP peer: shared by the channel files (a destination's
+connection) and the MLLP client, so neither has to import the other."""
 
 from __future__ import annotations
 
