@@ -34,7 +34,7 @@ from engine.inbound.worker import InboundWorker
 from engine.metrics import Metrics
 from engine.mllp.server import shutdown as shutdown_mllp
 from engine.mllp.tls import server_ssl_context
-from engine.processing import Processor, helper_process_init
+from engine.processing import Processor, helper_process_init, warm_helper
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -219,6 +219,10 @@ class Engine:
                                              mp_context=multiprocessing.get_context("spawn"),
                                              initializer=helper_process_init)
             self.processor.pool = self._pool
+            with contextlib.suppress(Exception):  # a helper that cannot start: work here
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, warm_helper, str(self.config().directory),
+                    self.config().fingerprint)
         await self.store.listen(lambda destination: self._wake_destinations({destination}))
         api = CalcomApi.from_env(self.metrics) if os.environ.get("CALHL7_CALCOM_API_KEY") else None
         inbound_worker = (InboundWorker(self.store, api, self.inbound_config, self.metrics)

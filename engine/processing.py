@@ -207,6 +207,13 @@ class ConfigMismatch(RuntimeError):
     pass
 
 
+def warm_helper(channels_dir: str, fingerprint: str) -> bool:
+    """Start-up: the helper imports everything and loads the channels before the first
+    webhook arrives, not while it waits."""
+    _process_in_worker(channels_dir, fingerprint, Batch((), {}, frozenset(), {}))
+    return True
+
+
 def helper_process_init() -> None:
     """In each helper process: exit when the engine is gone, even after a kill -9 (nothing
     else would end a process blocked on the pool's queue)."""
