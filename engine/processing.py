@@ -15,10 +15,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from engine.aio import sleep_or_stop
 from engine.appointments.normalize import normalize
@@ -28,7 +29,7 @@ from engine.channels.routing import OutboundMessage, route
 from engine.hl7.controlid import new_control_id
 from engine.metrics import Metrics
 from engine.store import base
-from engine.inbound.echo import echo_origin, echo_uids
+from engine.inbound.echo import echo_origin, echo_uids, webhook_payload
 from engine.store.base import AuditEntry, NewMessage, ProcessedEvent, Store, StoredEvent
 
 log = logging.getLogger("calhl7.processing")
@@ -36,15 +37,10 @@ log = logging.getLogger("calhl7.processing")
 _UID_KEYS = ("uid", "rescheduleUid", "bookingUid", "iCalUID", "fromReschedule")
 
 
-def _uids_of(body: bytes) -> list[str]:
+def _uids_of(payload: Mapping[str, Any] | None) -> list[str]:
     """The booking uids an event may need to look up (cheap: no validation)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
+    if payload is None:
         return []
-    if not isinstance(doc, dict):
-        return []
-    payload = doc.get("payload") if isinstance(doc.get("payload"), dict) else doc
     found = [payload.get(k) for k in _UID_KEYS]
     return [u for u in found if isinstance(u, str) and u and _encodable(u)]
 
@@ -388,7 +384,8 @@ class Processor:
         return BatchResult(tuple(results), tuple(outcomes))
 
     async def _read_inputs(self, events: list[StoredEvent]) -> Batch:
-        uids = [u for e in events for u in _uids_of(e.body)]
+        payloads = {e.id: webhook_payload(e.body) for e in events}  # parsed once, used thrice
+        uids = [u for e in events for u in _uids_of(payloads[e.id])]
         states = await self.store.appointment_states(uids) if uids else {}
         states.update({u: self._overlay_states[u] for u in uids if u in self._overlay_states})
         appointments = list({json.loads(s)["appointment_id"] for s in states.values()})
@@ -397,10 +394,10 @@ class Processor:
         echo: dict[int, frozenset[str]] = {}
         origins_of = getattr(self.store, "inbound_origins", None)
         if origins_of is not None:
-            echo_keys = [u for e in events for u in echo_uids(e.body) if _encodable(u)]
+            echo_keys = [u for e in events for u in echo_uids(payloads[e.id]) if _encodable(u)]
             origins = await origins_of(echo_keys) if echo_keys else {}
             for e in events:
-                channel = echo_origin(e.body, origins)
+                channel = echo_origin(payloads[e.id], origins)
                 if channel is not None:
                     echo[e.id] = self.echo_destinations(channel)
         return Batch(tuple(events), states, frozenset(holding), echo)

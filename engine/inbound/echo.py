@@ -24,7 +24,8 @@ from typing import Any
 _KEYS = ("uid", "rescheduleUid", "bookingUid")
 
 
-def _payload(body: bytes) -> dict[str, Any] | None:
+def webhook_payload(body: bytes) -> dict[str, Any] | None:
+    """The booking part of a webhook body (enveloped or flat), or None; no validation."""
     try:
         doc = json.loads(body)
     except ValueError:
@@ -35,14 +36,20 @@ def _payload(body: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else doc
 
 
-def echo_uids(body: bytes) -> list[str]:
+def _payload(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Callers that already parsed the body hand in its payload: parse once per event."""
+    return webhook_payload(body) if isinstance(body, bytes | bytearray) else body
+
+
+def echo_uids(body: bytes | Mapping[str, Any] | None) -> list[str]:
     p = _payload(body)
     if p is None:
         return []
     return [v for v in (p.get(k) for k in _KEYS) if isinstance(v, str) and v]
 
 
-def echo_origin(body: bytes, origins: Mapping[str, str]) -> str | None:
+def echo_origin(body: bytes | Mapping[str, Any] | None,
+                origins: Mapping[str, str]) -> str | None:
     """The inbound channel whose SIU produced this booking, or None."""
     p = _payload(body)
     if p is None:

@@ -192,7 +192,7 @@ class SQLiteInboundMixin:
                     out[uid] = channel
             return out
 
-        return await self._call(fn)
+        return await self._read(fn)  # on every processing batch: never wait for a commit
 
     # ------------------------------------------------------------------ operators, tests
     async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
