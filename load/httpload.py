@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 
@@ -19,6 +19,19 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+    async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       request: bytes, since: float | None = None) -> None:
+        """One request, its answer, and the bookkeeping; latency counted from `since` (when
+        the request was due) or from now."""
+        t0 = time.perf_counter() if since is None else since
+        writer.write(request)
+        self.sent += 1
+        status = await _read_response(reader)
+        self.latencies.append(time.perf_counter() - t0)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if 200 <= status < 300:
+            self.ok += 1
 
     @property
     def rate(self) -> float:
@@ -68,26 +81,15 @@ async def closed_loop(host: str, port: int, requests: Iterator[bytes], connectio
         reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < deadline:
-                req = next(requests)
-                t0 = time.perf_counter()
-                writer.write(req)
-                result.sent += 1
                 try:
-                    status = await _read_response(reader)
+                    await result.exchange(reader, writer, next(requests))
                 except (ConnectionError, asyncio.IncompleteReadError):
                     result.errors += 1
                     return
-                result.latencies.append(time.perf_counter() - t0)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                if 200 <= status < 300:
-                    result.ok += 1
         finally:
             writer.close()
 
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(connections)))
-    result.seconds = time.perf_counter() - start
-    return result
+    return await _run_clients(result, client, connections)
 
 
 async def open_loop(host: str, port: int, requests: Iterator[bytes], rate: float,
@@ -102,13 +104,7 @@ async def open_loop(host: str, port: int, requests: Iterator[bytes], rate: float
         try:
             while (item := await queue.get()) is not None:
                 due, req = item
-                writer.write(req)
-                result.sent += 1
-                status = await _read_response(reader)
-                result.latencies.append(time.perf_counter() - due)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                if 200 <= status < 300:
-                    result.ok += 1
+                await result.exchange(reader, writer, req, since=due)
         finally:
             writer.close()
 
@@ -144,17 +140,15 @@ async def send_all(host: str, port: int, requests: Sequence[bytes], connections:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for req in it:
-                t0 = time.perf_counter()
-                writer.write(req)
-                result.sent += 1
-                status = await _read_response(reader)
-                result.latencies.append(time.perf_counter() - t0)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                if 200 <= status < 300:
-                    result.ok += 1
+                await result.exchange(reader, writer, req)
         finally:
             writer.close()
 
+    return await _run_clients(result, client, connections)
+
+
+async def _run_clients(result: LoadResult, client: Callable[[], Awaitable[None]],
+                       connections: int) -> LoadResult:
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(connections)))
     result.seconds = time.perf_counter() - start
