@@ -1,6 +1,6 @@
 """MLLP transport: framing, client, listener. Knows nothing of HL7 content."""
 
-from .client import Backoff, MLLPConnection, connect_with_retry, open_connection
+from .client import Backoff, MLLPConnection, open_connection
 from .errors import (
     ConnectError,
     ConnectFailed,
@@ -30,7 +30,6 @@ __all__ = [
     "Peer",
     "PeerClosed",
     "ResponseTimeout",
-    "connect_with_retry",
     "connection_count",
     "frame",
     "open_connection",

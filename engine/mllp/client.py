@@ -209,36 +209,10 @@ class Backoff:
         self.attempt = 0
 
 
-async def connect_with_retry(
-    host: str,
-    port: int,
-    settings: ConnectionSettings,
-    *,
-    attempts: int | None = None,
-    backoff: Backoff | None = None,
-) -> MLLPConnection:
-    """open_connection, retrying ConnectError with back-off (forever when attempts is None)."""
-    backoff = backoff or Backoff.from_settings(settings)
-    tries = 0
-    while True:
-        try:
-            conn = await open_connection(host, port, settings)
-            backoff.reset()
-            return conn
-        except (ConnectTimeout, ConnectFailed) as exc:
-            tries += 1
-            if attempts is not None and tries >= attempts:
-                raise
-            delay = backoff.next()
-            log.info("mllp connect failed (%s); retry in %.2fs", exc, delay)
-            await asyncio.sleep(delay)
-
-
 __all__ = [
     "Backoff",
     "MLLPConnection",
     "MLLPError",
-    "connect_with_retry",
     "open_connection",
     "set_keepalive",
 ]
