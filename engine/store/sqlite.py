@@ -46,6 +46,8 @@ class SQLiteStore(SQLiteInboundMixin):
         # writer), so the processor can read its next batch while the last one commits
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
+        # destination -> slot -> (owner, lease until); see acquire_slot
+        self._slots: dict[str, dict[int, tuple[str, float]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -521,7 +523,7 @@ class SQLiteStore(SQLiteInboundMixin):
     async def acquire_slot(
         self, destination: str, max_slots: int, owner: str, lease_seconds: float, now: float
     ) -> int | None:
-        slots = self.__dict__.setdefault("_slots", {}).setdefault(destination, {})
+        slots = self._slots.setdefault(destination, {})
         mine = [n for n, (o, _) in slots.items() if o == owner and n < max_slots]
         free = [n for n in range(max_slots) if n not in slots or slots[n][1] < now]
         for n in sorted(mine) or free[:1]:
@@ -532,14 +534,14 @@ class SQLiteStore(SQLiteInboundMixin):
     async def renew_slot(
         self, destination: str, slot: int, owner: str, lease_seconds: float, now: float
     ) -> bool:
-        slots = self.__dict__.setdefault("_slots", {}).setdefault(destination, {})
+        slots = self._slots.setdefault(destination, {})
         if slots.get(slot, (None, 0.0))[0] != owner:
             return False
         slots[slot] = (owner, now + lease_seconds)
         return True
 
     async def release_slot(self, destination: str, slot: int, owner: str) -> None:
-        slots = self.__dict__.setdefault("_slots", {}).setdefault(destination, {})
+        slots = self._slots.setdefault(destination, {})
         if slots.get(slot, (None, 0.0))[0] == owner:
             del slots[slot]
 
