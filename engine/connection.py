@@ -21,6 +21,12 @@ class ConnectionSettings(BaseModel):
     max_connections: int = Field(1, ge=1, le=64, description="many legacy interfaces allow one")
     connect_timeout_seconds: float = Field(5.0, gt=0)
     response_timeout_seconds: float = Field(10.0, gt=0, description="wait this long for an ACK")
+    commit_window: int = Field(
+        16, ge=1, le=1024,
+        description="ACKs received ahead of their commit to the store. Sending does not wait"
+                    " for each commit; after a crash at most commit_window + 1 messages per"
+                    " connection are sent again, each under its original MSH-10. 1 = wait"
+                    " for every commit before the next send but one")
     keepalive: bool = True
     # TCP keepalive timing (Linux): find a dead peer/firewall-dropped idle connection in
     # idle + interval * count seconds instead of the kernel's 2 hours.

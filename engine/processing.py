@@ -111,15 +111,20 @@ def _process_one(
     if n.state is not None:
         for uid in (*n.state.uids, *n.uid_links):
             states[uid] = n.state
-    state_json = json.dumps(n.state.to_dict()) if n.state else None
-    if n.disposition != "event" or n.event is None:
+    # ASCII JSON: a lone surrogate cannot break the row. The event is encoded once: it is
+    # also the state's last event
+    event = n.event if n.disposition == "event" else None
+    event_json = json.dumps(event.to_dict()) if event is not None else None
+    state_json = None
+    if n.state is not None:
+        state_json = n.state.to_json(event_json if n.state.last_event is event else None)
+    if event is None or event_json is None:
         return ProcessedEvent(
             stored.id, base.IGNORED if n.disposition == "ignored" else base.PROCESSED,
             reason=n.reason or n.disposition,
             appointment_id=n.state.appointment_id if n.state else None,
             appointment_state=state_json, uid_links=dict(n.uid_links), audit=notes,
         ), n.disposition
-    event = n.event
     try:
         result = route(
             event, config,
@@ -134,7 +139,6 @@ def _process_one(
     routed = [m for m in result.messages if m.destination not in echo_to]
     skipped += [{"channel": m.channel, "reason": "made by this EHR: no echo"}
                 for m in result.messages if m.destination in echo_to]
-    event_json = json.dumps(event.to_dict())  # ASCII: a lone surrogate cannot break the row
     messages = tuple(_to_new_message(m, event_json, config) for m in routed)
     for m in messages:
         if m.message_type.endswith("S12"):  # even dead at render: it waits for a fix

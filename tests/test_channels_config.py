@@ -81,6 +81,15 @@ def test_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert any("destinations/ehr-main.yaml:3: port:" in p for p in problems_of(tmp_path))
 
 
+@pytest.mark.parametrize("charset", ["UTF-16", "cp500"])
+def test_a_charset_that_changes_ascii_bytes_is_refused(tmp_path: Path, charset: str) -> None:
+    write(tmp_path, {"destinations/ehr-main.yaml": GOOD_DEST.replace("ASCII", charset),
+                     "fm.yaml": GOOD_CHANNEL})
+    assert problems_of(tmp_path) == [
+        f"destinations/ehr-main.yaml:4: charset: Value error, charset {charset!r} does not keep"
+        " ASCII as is; use an ASCII-compatible one such as UTF-8 or ISO-8859-1"]
+
+
 def test_every_problem_is_reported_at_once_with_file_path_and_line(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TEST_UNSET_VAR", raising=False)

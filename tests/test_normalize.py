@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -543,6 +544,19 @@ def test_state_and_event_round_trip() -> None:
     again = AppointmentState.from_dict(json.loads(json.dumps(result.state.to_dict())))
     assert again == result.state
     assert AppointmentEvent.from_dict(json.loads(json.dumps(result.event.to_dict()))) == result.event
+
+
+def test_state_json_with_the_event_spliced_in_equals_the_plain_encoding() -> None:
+    held = Held()
+    held.feed(load_sample("booking_created"))
+    result = held.feed(load_sample("booking_rescheduled"))
+    assert result.state is not None and result.state.last_event is result.event
+    assert result.event is not None
+    event_json = json.dumps(result.event.to_dict())
+    assert result.state.to_json(event_json) == json.dumps(result.state.to_dict())
+    assert result.state.to_json() == json.dumps(result.state.to_dict())
+    empty = dataclasses.replace(result.state, last_event=None)
+    assert json.loads(empty.to_json(event_json))["last_event"] is None
 
 
 def test_reasons_and_notes_carry_no_phi() -> None:

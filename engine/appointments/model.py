@@ -110,22 +110,28 @@ class AppointmentEvent:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_AS_IS = frozenset({str, int, float, bool, type(None)})
 
 
 def _encode(value: Any) -> Any:
-    """JSON-ready form. Field names are looked up once per class: this runs for every event
-    on the hot path, where dataclasses.fields() per value cost more than the rendering."""
+    """JSON-ready form. Field names are looked up once per class, and the common types are
+    tested first by identity: this runs for every event on the hot path."""
     kind = type(value)
+    if kind in _AS_IS:
+        return value
     names = _FIELD_NAMES.get(kind)
-    if names is None and dataclasses.is_dataclass(value):
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
     if names is not None:
         return {name: _encode(getattr(value, name)) for name in names}
-    if isinstance(value, datetime | date):
+    if kind is datetime or kind is date:
         return value.isoformat()
     if kind is dict:
         return {k: _encode(v) for k, v in value.items()}
-    return value
+    if dataclasses.is_dataclass(value):
+        _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+        return _encode(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value  # the enums: str subclasses, encoded as their value
 
 
 def _dt(value: str | None) -> datetime | None:

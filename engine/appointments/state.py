@@ -8,6 +8,7 @@ event so a no-show or a late cancel can be completed without Cal.com's help.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +45,19 @@ class AppointmentState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self._head(),
+            "last_event": self.last_event.to_dict() if self.last_event else None,
+        }
+
+    def to_json(self, last_event_json: str | None = None) -> str:
+        """`json.dumps(self.to_dict())`, with `last_event_json` (the last event, already
+        encoded by the caller) spliced in instead of encoding the event a second time."""
+        if self.last_event is None or last_event_json is None:
+            return json.dumps(self.to_dict())
+        return f'{json.dumps(self._head())[:-1]}, "last_event": {last_event_json}}}'
+
+    def _head(self) -> dict[str, Any]:
+        return {
             "appointment_id": self.appointment_id,
             "uids": list(self.uids),
             "current_uid": self.current_uid,
@@ -51,7 +65,6 @@ class AppointmentState:
             "ical_uid": self.ical_uid,
             "ical_sequence": self.ical_sequence,
             "no_show": self.no_show,
-            "last_event": self.last_event.to_dict() if self.last_event else None,
         }
 
     @classmethod

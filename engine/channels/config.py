@@ -102,6 +102,14 @@ class Destination(_Model):
             codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown charset {value!r}") from None
+        ascii_bytes = bytes(range(128))
+        try:
+            same = ascii_bytes.decode("ascii").encode(value) == ascii_bytes
+        except UnicodeError:
+            same = False
+        if not same:  # MLLP framing and the ER7 delimiters are ASCII bytes on the wire
+            raise ValueError(f"charset {value!r} does not keep ASCII as is; use an"
+                             " ASCII-compatible one such as UTF-8 or ISO-8859-1")
         return value
 
     @property

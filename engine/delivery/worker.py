@@ -133,7 +133,15 @@ class DestinationWorker:
         slot: int,
         deadline: float,
     ) -> MLLPConnection | None:
-        commit: asyncio.Task[None] | None = None
+        """Send the batch's messages one at a time. Outcomes are committed in groups while the
+        next messages go out: a group is committed as soon as the one before it has landed, and
+        sending pauses once `commit_window` outcomes are waiting for their commit. That window
+        bounds what a crash can repeat (the message in flight and the outcomes not yet
+        committed, each under its original MSH-10)."""
+        window = dest.connection.commit_window
+        waiting: list[tuple[AttemptRecord, QueuedMessage]] = []
+        committing: asyncio.Task[None] | None = None
+        committing_count = 0
         try:
             for msg in batch:
                 if stop.is_set() or conn is None or conn.closed or time.time() > deadline:
@@ -141,12 +149,19 @@ class DestinationWorker:
                 record, conn = await self._attempt(conn, msg, dest)
                 if conn is None:
                     self._set_connected(slot, False)
-                if commit is not None:
-                    await commit  # outcomes are committed in the order they happened
-                commit = asyncio.create_task(self._record(record, msg, dest))
+                waiting.append((record, msg))
+                if committing is not None and (committing.done()
+                                               or committing_count + len(waiting) > window):
+                    await committing  # groups land in the order their outcomes happened
+                    committing = None
+                if committing is None:
+                    committing = asyncio.create_task(self._record(waiting, dest))
+                    committing_count, waiting = len(waiting), []
         finally:
-            if commit is not None:
-                await commit
+            if committing is not None:
+                await committing
+            if waiting:
+                await self._record(waiting, dest)
         return conn
 
     async def _attempt(
@@ -232,8 +247,14 @@ class DestinationWorker:
         return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", now, ack=reply,
                              ack_code=ack_code, detail=detail, next_attempt_at=now + delay)
 
-    async def _record(self, record: AttemptRecord, msg: QueuedMessage, dest: Destination) -> None:
-        await self.store.record_attempts([record])
+    async def _record(
+        self, outcomes: list[tuple[AttemptRecord, QueuedMessage]], dest: Destination
+    ) -> None:
+        await self.store.record_attempts([record for record, _ in outcomes])
+        for record, msg in outcomes:
+            self._count_recorded(record, msg)
+
+    def _count_recorded(self, record: AttemptRecord, msg: QueuedMessage) -> None:
         if record.outcome == "delivered":
             self.metrics.messages.labels(msg.channel, self.name, msg.message_type, "acked").inc()
             latency = time.time() - msg.accepted_at if msg.accepted_at else None

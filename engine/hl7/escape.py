@@ -34,6 +34,7 @@ for _c in list(range(0x20)) + [0x7F]:
     _ESCAPES[_c] = f"\\X{_c:02X}\\"
 _TABLE = str.maketrans(_ESCAPES)
 _NEEDS_ESCAPE = re.compile(r"[\\|^&~\x00-\x1f\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def escape(value: str) -> str:
@@ -102,12 +103,15 @@ def apply_charset(er7: str, codec: str, rule: CharsetRule) -> tuple[str, bytes, 
         return er7, er7.encode(codec), None
     except UnicodeEncodeError as exc:
         first_bad = exc.start
+    replace = _transliterate if rule == "transliterate" else lambda ch, _codec: _hex_escape(ch)
+
+    def fix(match: re.Match[str]) -> str:
+        ch = match.group()
+        return ch if _can_encode(ch, codec) else replace(ch, codec)
+
+    # every charset we allow encodes ASCII: only the other characters need a look
+    fixed = _NON_ASCII.sub(fix, er7)
     if rule == "dead_letter":
         where = field_path(er7, first_bad)
-        fixed = "".join(c if _can_encode(c, codec) else _hex_escape(c) for c in er7)
         return fixed, fixed.encode(codec), f"character not encodable in {codec} at {where}"
-    if rule == "transliterate":
-        fixed = "".join(c if _can_encode(c, codec) else _transliterate(c, codec) for c in er7)
-    else:
-        fixed = "".join(c if _can_encode(c, codec) else _hex_escape(c) for c in er7)
     return fixed, fixed.encode(codec), None
