@@ -223,12 +223,7 @@ class SQLiteStore(SQLiteInboundMixin):
         return await self._read(fn)
 
     async def commit_processed(self, results: list[ProcessedEvent]) -> None:
-        def fn(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            for r in results:
-                _apply_processed(conn, r, now)
-
-        await self._call(fn)
+        await self._call(lambda conn: _apply_processed(conn, results, time.time()))
 
     # ------------------------------------------------------------------ delivery
     async def claim_lane_heads(
@@ -264,8 +259,10 @@ class SQLiteStore(SQLiteInboundMixin):
 
     async def record_attempts(self, records: list[AttemptRecord]) -> None:
         def fn(conn: sqlite3.Connection) -> None:
-            for rec in records:
-                _apply_attempt(conn, rec)
+            sent = [entry for rec in records if (entry := _apply_attempt(conn, rec))]
+            conn.executemany(
+                "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+                " VALUES (?,?,?,?,?,?,?)", sent)
 
         await self._call(fn)
 
@@ -597,36 +594,40 @@ def _events(conn: sqlite3.Connection, state: str, limit: int,
     return [StoredEvent(*r) for r in rows]
 
 
-def _apply_processed(conn: sqlite3.Connection, r: ProcessedEvent, now: float) -> None:
-    conn.execute(
+def _apply_processed(conn: sqlite3.Connection, results: list[ProcessedEvent], now: float) -> None:
+    """A batch's results, statement by statement for the whole batch where order allows (one
+    call into SQLite per statement instead of one per event: this runs on the writer)."""
+    conn.executemany(
         "UPDATE received_events SET state = ?, reason = ?, processed_at = ? WHERE id = ?",
-        (r.state, r.reason, now, r.event_id),
+        [(r.state, r.reason, now, r.event_id) for r in results],
     )
-    if r.appointment_id and r.appointment_state is not None:
-        conn.execute(
-            "INSERT INTO appointments (appointment_id, state, updated_at) VALUES (?,?,?)"
-            " ON CONFLICT (appointment_id) DO UPDATE SET state = excluded.state,"
-            " updated_at = excluded.updated_at",
-            (r.appointment_id, r.appointment_state, now),
-        )
-    for uid, appointment_id in r.uid_links.items():
-        conn.execute(
-            "INSERT INTO booking_uids (uid, appointment_id) VALUES (?,?)"
-            " ON CONFLICT (uid) DO NOTHING",
-            (uid, appointment_id),
-        )
-    accepted_at, correlation_id = conn.execute(
-        "SELECT received_at, correlation_id FROM received_events WHERE id = ?", (r.event_id,)
-    ).fetchone() or (None, None)
-    for m in r.messages:
-        _enqueue(conn, m, r.event_id, now, accepted_at, correlation_id)
-    for a in r.audit:
-        conn.execute(
-            "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (a.at, a.kind, a.appointment_id, a.actor, a.trigger, a.source,
-             json.dumps(a.detail, separators=(",", ":"))),
-        )
+    conn.executemany(  # in event order: the last state of an appointment wins
+        "INSERT INTO appointments (appointment_id, state, updated_at) VALUES (?,?,?)"
+        " ON CONFLICT (appointment_id) DO UPDATE SET state = excluded.state,"
+        " updated_at = excluded.updated_at",
+        [(r.appointment_id, r.appointment_state, now) for r in results
+         if r.appointment_id and r.appointment_state is not None],
+    )
+    conn.executemany(
+        "INSERT INTO booking_uids (uid, appointment_id) VALUES (?,?) ON CONFLICT (uid) DO NOTHING",
+        [link for r in results for link in r.uid_links.items()],
+    )
+    with_messages = [r.event_id for r in results if r.messages]
+    received = {
+        row[0]: row[1:] for row in conn.execute(
+            "SELECT id, received_at, correlation_id FROM received_events"
+            " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(with_messages),))
+    } if with_messages else {}
+    for r in results:  # messages in event order: that is their order in each lane
+        accepted_at, correlation_id = received.get(r.event_id, (None, None))
+        for m in r.messages:
+            _enqueue(conn, m, r.event_id, now, accepted_at, correlation_id)
+    conn.executemany(
+        "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+        " VALUES (?,?,?,?,?,?,?)",
+        [(a.at, a.kind, a.appointment_id, a.actor, a.trigger, a.source,
+          json.dumps(a.detail, separators=(",", ":"))) for r in results for a in r.audit],
+    )
 
 
 def _enqueue(
@@ -637,24 +638,26 @@ def _enqueue(
     accepted_at: float | None,
     correlation_id: str | None,
 ) -> None:
-    conn.execute(
-        "INSERT INTO lanes (destination, lane_key, ready_at) VALUES (?,?,?)"
-        " ON CONFLICT (destination, lane_key) DO NOTHING",
-        (m.destination, m.lane_key, now),
-    )
-    lane_id, head_id = conn.execute(
+    lane = conn.execute(
         "SELECT id, head_id FROM lanes WHERE destination = ? AND lane_key = ?",
         (m.destination, m.lane_key),
     ).fetchone()
+    if lane is None:
+        lane = conn.execute(
+            "INSERT INTO lanes (destination, lane_key, ready_at) VALUES (?,?,?)"
+            " RETURNING id, head_id",
+            (m.destination, m.lane_key, now),
+        ).fetchone()
+    lane_id, head_id = lane
     status = base.DEAD if m.error else base.QUEUED
-    cur = conn.execute(
+    message_id = conn.execute(
         "INSERT INTO outbound (lane_id, event_id, channel, destination, appointment_id,"
         " message_type, control_id, payload, event_json, status, hold_lane, last_error,"
         " created_at, accepted_at, correlation_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (lane_id, event_id, m.channel, m.destination, m.appointment_id, m.message_type,
          m.control_id, m.payload, m.event_json, status, int(m.hold_lane), m.error, now,
          accepted_at, correlation_id),
-    )
+    ).lastrowid or 0
     # a dead-at-render S12 counts too: it waits in the lane for a fix and a reprocess, and
     # what follows it must stay an S13/S14/S15, not become a second S12
     if m.message_type.endswith("S12"):
@@ -664,7 +667,14 @@ def _enqueue(
             (m.destination, m.appointment_id),
         )
     if head_id is None:
-        _advance_lane(conn, lane_id, (cur.lastrowid or 0) - 1, now)
+        if status == base.QUEUED:  # an empty lane: the new message is its head
+            conn.execute(
+                "UPDATE lanes SET head_id = ?, held = 0, ready_at = ?, owner = NULL,"
+                " lease_until = NULL WHERE id = ?",
+                (message_id, now, lane_id),
+            )
+        else:
+            _advance_lane(conn, lane_id, message_id - 1, now)
 
 
 def _advance_lane(conn: sqlite3.Connection, lane_id: int, after_id: int, now: float) -> None:
@@ -707,14 +717,16 @@ def _requeue_in_lane(conn: sqlite3.Connection, lane_id: int, message_id: int) ->
         )
 
 
-def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> None:
+def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> tuple[Any, ...] | None:
+    """Record one attempt; return the audit row of a final outcome (the caller inserts them
+    all at once)."""
     row = conn.execute(
         "SELECT l.fence, l.head_id, o.control_id, o.appointment_id, o.destination, o.channel,"
         " o.message_type FROM lanes l JOIN outbound o ON o.id = ? WHERE l.id = ?",
         (rec.message_id, rec.lane_id),
     ).fetchone()
     if row is None:
-        return
+        return None
     fence, head_id, control_id, appointment_id, destination, channel, mtype = row
     conn.execute(
         "INSERT INTO attempts (message_id, at, control_id, outcome, ack_code, ack, detail)"
@@ -722,7 +734,7 @@ def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> None:
         (rec.message_id, rec.at, control_id, rec.outcome, rec.ack_code, rec.ack, rec.detail),
     )
     if fence != rec.fence or head_id != rec.message_id:
-        return  # our claim was taken over (lease lapsed): the new owner decides
+        return None  # our claim was taken over (lease lapsed): the new owner decides
     if rec.outcome == "delivered":
         conn.execute(
             "UPDATE outbound SET status = 'acked', attempts = attempts + 1, ack_code = ?,"
@@ -754,15 +766,12 @@ def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> None:
         else:
             conn.execute("UPDATE outbound SET status = 'skipped' WHERE id = ?", (rec.message_id,))
             _advance_lane(conn, rec.lane_id, rec.message_id, rec.at)
-    if rec.outcome != "retry":
-        conn.execute(
-            "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (rec.at, "sent", appointment_id, "engine", mtype, destination,
-             json.dumps({"message": rec.message_id, "control_id": control_id,
-                         "channel": channel, "outcome": rec.outcome,
-                         "ack_code": rec.ack_code}, separators=(",", ":"))),
-        )
+    if rec.outcome == "retry":
+        return None
+    return (rec.at, "sent", appointment_id, "engine", mtype, destination,
+            json.dumps({"message": rec.message_id, "control_id": control_id,
+                        "channel": channel, "outcome": rec.outcome,
+                        "ack_code": rec.ack_code}, separators=(",", ":")))
 
 
 def _audit_operator(
