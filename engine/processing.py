@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,10 @@ class Batch:
 class BatchResult:
     results: tuple[ProcessedEvent, ...]
     outcomes: tuple[str, ...]  # per event: routed, unrouted, no_change, ignored, quarantined
+    # what the commit will write that the next batch must see before it lands: the new
+    # states by booking uid, and which (destination, appointment) got an S12
+    states: dict[str, str] = field(default_factory=dict)
+    holding: frozenset[tuple[str, str]] = frozenset()
 
 
 def process_batch(batch: Batch, config: Config, now: float | None = None) -> BatchResult:
@@ -76,12 +80,17 @@ def process_batch(batch: Batch, config: Config, now: float | None = None) -> Bat
     states = {uid: AppointmentState.from_dict(json.loads(s)) for uid, s in batch.states.items()}
     holding = set(batch.holding)
     results, outcomes = [], []
+    written: dict[str, str] = {}
     for stored in batch.events:
-        result, outcome = _process_one(stored, states, holding, config,
-                                       batch.echo.get(stored.id, frozenset()), now)
+        result, outcome, uids = _process_one(stored, states, holding, config,
+                                             batch.echo.get(stored.id, frozenset()), now)
         results.append(result)
         outcomes.append(outcome)
-    return BatchResult(tuple(results), tuple(outcomes))
+        if result.appointment_state is not None:
+            written.update(dict.fromkeys(uids, result.appointment_state))
+    queued_s12 = frozenset((m.destination, m.appointment_id) for r in results
+                           for m in r.messages if m.message_type.endswith("S12"))
+    return BatchResult(tuple(results), tuple(outcomes), written, queued_s12)
 
 
 def _process_one(
@@ -91,7 +100,8 @@ def _process_one(
     config: Config,
     echo_to: frozenset[str],
     now: float | None,
-) -> tuple[ProcessedEvent, str]:
+) -> tuple[ProcessedEvent, str, tuple[str, ...]]:
+    """One event: its results, its outcome, and the booking uids whose state it wrote."""
     received_at = datetime.fromtimestamp(stored.received_at, UTC)
     now = now if now is not None else time.time()
     try:
@@ -99,17 +109,20 @@ def _process_one(
                       lookup=states.get)
     except Exception as exc:  # noqa: BLE001 - a bug or a shape we never saw: keep it
         return ProcessedEvent(stored.id, base.QUARANTINED,
-                              reason=f"normalization failed: {type(exc).__name__}"), "quarantined"
+                              reason=f"normalization failed: {type(exc).__name__}"), \
+            "quarantined", ()
     if n.disposition == "quarantined":
-        return ProcessedEvent(stored.id, base.QUARANTINED, reason=n.reason), "quarantined"
+        return ProcessedEvent(stored.id, base.QUARANTINED, reason=n.reason), "quarantined", ()
     notes = tuple(
         AuditEntry(at=now, kind="note", appointment_id=n.state.appointment_id if n.state
                    else None, trigger=stored.trigger, source=stored.source,
                    detail={"note": note, "event": stored.id})
         for note in n.notes
     )
+    written: tuple[str, ...] = ()
     if n.state is not None:
-        for uid in (*n.state.uids, *n.uid_links):
+        written = (*n.state.uids, *n.uid_links)
+        for uid in written:
             states[uid] = n.state
     # ASCII JSON: a lone surrogate cannot break the row. The event is encoded once: it is
     # also the state's last event
@@ -124,7 +137,7 @@ def _process_one(
             reason=n.reason or n.disposition,
             appointment_id=n.state.appointment_id if n.state else None,
             appointment_state=state_json, uid_links=dict(n.uid_links), audit=notes,
-        ), n.disposition
+        ), n.disposition, written
     try:
         result = route(
             event, config,
@@ -134,7 +147,7 @@ def _process_one(
         )
     except Exception as exc:  # noqa: BLE001 - one poison event must not stop the others
         return ProcessedEvent(stored.id, base.QUARANTINED,
-                              reason=f"routing failed: {type(exc).__name__}"), "quarantined"
+                              reason=f"routing failed: {type(exc).__name__}"), "quarantined", ()
     skipped = [{"channel": c, "reason": r} for c, r in result.skipped]
     routed = [m for m in result.messages if m.destination not in echo_to]
     skipped += [{"channel": m.channel, "reason": "made by this EHR: no echo"}
@@ -161,21 +174,7 @@ def _process_one(
         reason="unrouted" if result.unrouted else None,
         appointment_id=event.appointment_id, appointment_state=state_json,
         uid_links=dict(n.uid_links), messages=messages, audit=(change, *notes),
-    ), "unrouted" if result.unrouted else "routed"
-
-
-def _overlay_of(result: BatchResult) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """What a batch's commit will write that the next batch must see: states by booking uid,
-    and which destinations got an S12."""
-    states: dict[str, str] = {}
-    holding: set[tuple[str, str]] = set()
-    for r in result.results:
-        if r.appointment_state is not None:
-            for uid in (*json.loads(r.appointment_state)["uids"], *r.uid_links):
-                states[uid] = r.appointment_state
-        holding.update((m.destination, m.appointment_id) for m in r.messages
-                       if m.message_type.endswith("S12"))
-    return states, holding
+    ), "unrouted" if result.unrouted else "routed", written
 
 
 def _to_new_message(m: OutboundMessage, event_json: str, config: Config) -> NewMessage:
@@ -314,7 +313,7 @@ class Processor:
             # was quarantined at commit): what we computed on top of it is void; redo
             self._reset_pipeline()
             return 0
-        self._overlay_states, self._overlay_holding = _overlay_of(result)
+        self._overlay_states, self._overlay_holding = result.states, set(result.holding)
         self._inflight = asyncio.create_task(self._commit(events, result))
         self._last_id = events[-1].id
         return len(events)
@@ -367,7 +366,7 @@ class Processor:
 
     def _reset_pipeline(self) -> None:
         self._last_id = 0
-        self._overlay_states, self._overlay_holding = {}, set()
+        self._overlay_states, self._overlay_holding = result.states, set(result.holding)
 
     async def _commit_one_by_one(self, result: BatchResult) -> BatchResult:
         """An event whose results cannot be stored is quarantined on its own (raw body kept,

@@ -240,20 +240,17 @@ class SQLiteStore(SQLiteInboundMixin):
                 " ORDER BY l.ready_at LIMIT ?",
                 (destination, now, now, limit),
             ).fetchall()
-            claimed = []
-            for lane_id, fence, mid, ch, appt, mtype, cid, payload, att, acc, corr, n in rows:
-                conn.execute(
-                    "UPDATE lanes SET owner = ?, lease_until = ?, fence = ? WHERE id = ?",
-                    (owner, now + lease_seconds, fence + 1, lane_id),
-                )
-                conn.execute("UPDATE outbound SET claims = claims + 1 WHERE id = ?", (mid,))
-                claimed.append(
-                    QueuedMessage(
-                        mid, lane_id, destination, ch, appt, mtype, cid, payload, att, acc,
-                        corr, fence + 1, n + 1,
-                    )
-                )
-            return claimed
+            conn.executemany(
+                "UPDATE lanes SET owner = ?, lease_until = ?, fence = ? WHERE id = ?",
+                [(owner, now + lease_seconds, r[1] + 1, r[0]) for r in rows],
+            )
+            conn.executemany("UPDATE outbound SET claims = claims + 1 WHERE id = ?",
+                             [(r[2],) for r in rows])
+            return [
+                QueuedMessage(mid, lane_id, destination, ch, appt, mtype, cid, payload, att, acc,
+                              corr, fence + 1, n + 1)
+                for lane_id, fence, mid, ch, appt, mtype, cid, payload, att, acc, corr, n in rows
+            ]
 
         return await self._call(fn)
 
