@@ -366,7 +366,7 @@ class Processor:
 
     def _reset_pipeline(self) -> None:
         self._last_id = 0
-        self._overlay_states, self._overlay_holding = result.states, set(result.holding)
+        self._overlay_states, self._overlay_holding = {}, set()
 
     async def _commit_one_by_one(self, result: BatchResult) -> BatchResult:
         """An event whose results cannot be stored is quarantined on its own (raw body kept,
