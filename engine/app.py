@@ -320,6 +320,7 @@ class Engine:
         config = uvicorn.Config(
             app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
             http="httptools", loop="none", timeout_graceful_shutdown=5,
+            proxy_headers=False,  # nothing reads the client address: skip that layer
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
