@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -406,22 +407,30 @@ class Processor:
         return Batch(tuple(events), states, frozenset(holding), echo)
 
     def _count(self, events: list[StoredEvent], result: BatchResult) -> None:
+        """Metrics counted per label set, not per event (one labels() lookup each), and the
+        log lines of each event."""
         by_id = {e.id: e for e in events}
-        for r, outcome in zip(result.results, result.outcomes, strict=True):
-            e = by_id[r.event_id]
-            self.metrics.events.labels(outcome).inc()
-            for m in r.messages:
-                self.metrics.messages_queued.labels(m.channel, m.destination, m.message_type).inc()
-                if m.error is not None:  # unmapped code, render failure: dead from the start
-                    self.metrics.messages.labels(m.channel, m.destination, m.message_type,
-                                                 "dead_lettered").inc()
-            _log_processed(e, r)
-
+        outcomes = Counter(result.outcomes)
+        queued = Counter((m.channel, m.destination, m.message_type)
+                         for r in result.results for m in r.messages)
+        dead = Counter((m.channel, m.destination, m.message_type, "dead_lettered")
+                       for r in result.results for m in r.messages if m.error is not None)
+        for outcome, n in outcomes.items():
+            self.metrics.events.labels(outcome).inc(n)
+        for labels, n in queued.items():
+            self.metrics.messages_queued.labels(*labels).inc(n)
+        for labels, n in dead.items():  # unmapped code, render failure: dead from the start
+            self.metrics.messages.labels(*labels).inc(n)
+        for r in result.results:
+            _log_processed(by_id[r.event_id], r)
 
 
 def _log_processed(e: StoredEvent, r: ProcessedEvent) -> None:
     """One debug line per event and per queued message, a warning for what needs an analyst;
     ids, codes and PHI-free reasons only (a quarantine reason is a field path)."""
+    debug = log.isEnabledFor(logging.DEBUG)
+    if not debug and r.state != base.QUARANTINED and all(m.error is None for m in r.messages):
+        return  # nothing to say at this level: build no log records
     ids = {"event_id": e.id, "correlation_id": e.correlation_id}
     if r.state == base.QUARANTINED:
         log.warning("event quarantined", extra={**ids, "reason": r.reason})
@@ -432,7 +441,7 @@ def _log_processed(e: StoredEvent, r: ProcessedEvent) -> None:
             log.warning("message dead at render", extra=fields)  # the error is in the store
         else:
             log.debug("message queued", extra=fields)
-    if log.isEnabledFor(logging.DEBUG):
+    if debug:
         if r.state != base.PROCESSED:
             outcome = r.state
         elif r.reason is None or r.reason == "unrouted":

@@ -55,6 +55,9 @@ class DestinationWorker:
         self.status = status if status is not None else {}
         self.status.setdefault("connections", 0)  # /readyz shows every destination
         self._connected: set[int] = set()
+        # the per-destination series, looked up once instead of for every message
+        self._ack_seconds = metrics.ack_seconds.labels(name)
+        self._end_to_end_seconds = metrics.end_to_end_seconds.labels(name)
 
     async def run(self, stop: asyncio.Event) -> None:
         slots = self.destination().connection.max_connections
@@ -188,7 +191,7 @@ class DestinationWorker:
         except (MLLPError, OSError) as exc:
             await conn.close()
             return self._retry(msg, dest, "connection_error", str(exc), None, None), None
-        self.metrics.ack_seconds.labels(self.name).observe(time.perf_counter() - sent_at)
+        self._ack_seconds.observe(time.perf_counter() - sent_at)
         ack = parse_ack(reply, encoding=dest.codec)
         decision = classify(ack, sent_control_id=msg.control_id, is_resend=is_resend,
                             policy=dest.ack)
@@ -259,7 +262,7 @@ class DestinationWorker:
             self.metrics.messages.labels(msg.channel, self.name, msg.message_type, "acked").inc()
             latency = time.time() - msg.accepted_at if msg.accepted_at else None
             if latency is not None:
-                self.metrics.end_to_end_seconds.labels(self.name).observe(latency)
+                self._end_to_end_seconds.observe(latency)
             self.status["last_ack_at"] = record.at
             log.info("message delivered", extra={
                 **_ids(msg, self.name), "ack_code": record.ack_code,
