@@ -103,11 +103,11 @@ def apply_charset(er7: str, codec: str, rule: CharsetRule) -> tuple[str, bytes, 
         return er7, er7.encode(codec), None
     except UnicodeEncodeError as exc:
         first_bad = exc.start
-    replace = _transliterate if rule == "transliterate" else lambda ch, _codec: _hex_escape(ch)
+    substitute = _transliterate if rule == "transliterate" else lambda ch, _codec: _hex_escape(ch)
 
     def fix(match: re.Match[str]) -> str:
         ch = match.group()
-        return ch if _can_encode(ch, codec) else replace(ch, codec)
+        return ch if _can_encode(ch, codec) else substitute(ch, codec)
 
     # every charset we allow encodes ASCII: only the other characters need a look
     fixed = _NON_ASCII.sub(fix, er7)

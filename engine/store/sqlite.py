@@ -32,6 +32,7 @@ from engine.store.migrations import load_migrations
 from engine.store.sqlite_inbound import SQLiteInboundMixin
 
 T = TypeVar("T")
+_MIN_SQLITE = (3, 38, 0)
 _MAX_GROUP = 512  # calls per transaction; bounds the latency of the first one in a group
 _STOP = object()
 
@@ -51,6 +52,11 @@ class SQLiteStore(SQLiteInboundMixin):
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:  # RETURNING, and JSON built in
+            raise RuntimeError(
+                f"the embedded store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or newer;"
+                f" this Python uses {sqlite3.sqlite_version}. Run a newer Python build, or"
+                " use PostgreSQL with --store postgresql://...")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
