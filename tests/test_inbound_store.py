@@ -56,6 +56,9 @@ async def test_one_job_in_flight_per_appointment_in_order(store: Any) -> None:
     dead = await store.inbound_jobs("dead", 10)
     assert [d["error"] for d in dead] == ["Cal.com 409: taken"]
     assert await store.inbound_retry_job(dead[0]["id"], "analyst")
+    retried = [(e["kind"], e["actor"], e["trigger"], e["detail"])
+               for e in await store.audit(None, None, 100) if e["kind"] == "operator"]
+    assert retried == [("operator", "analyst", "inbound_retry", {"inbound_job": dead[0]["id"]})]
     assert [j.message_id for j in await store.inbound_claim_jobs(10, now + 200, 1000)] == [2]
 
 

@@ -57,6 +57,7 @@ from engine.store.base import (
     StoredEvent,
 )
 from engine.store.migrations import load_migrations
+from engine.store.postgres_common import AUDIT_INSERT, audit_operator, pg_json, pg_text
 from engine.store.postgres_inbound import PostgresInboundMixin
 
 log = logging.getLogger("calhl7.store")
@@ -135,12 +136,6 @@ _RECORD = (
     "SELECT calhl7_record_attempt($1::bigint, $2::bigint, $3::bigint, $4::text, $5::float8,"
     " $6::bytea, $7::text, $8::text, $9::float8, $10::bool)"
 )
-
-_AUDIT_INSERT = (
-    "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
-)
-
 
 class PostgresStore(PostgresInboundMixin):
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
@@ -291,21 +286,21 @@ class PostgresStore(PostgresInboundMixin):
         first: dict[tuple[str, bytes], int] = {}
         keys = []
         for i, w in enumerate(webhooks):
-            key = (_s(w.source), bytes(w.body_sha256))
+            key = (pg_text(w.source), bytes(w.body_sha256))
             keys.append(key)
             first.setdefault(key, i)
         found: dict[tuple[str, bytes], tuple[int, str, bool]] = {}
         todo = [webhooks[i] for i in first.values()]
         for _ in range(5):
             columns = list(zip(*(
-                (_s(w.source), w.body_sha256, w.body, _s(w.content_type), _s(w.trigger),
-                 _s(w.booking_uid), w.received_at, _s(w.correlation_id), w.state, _s(w.reason))
+                (pg_text(w.source), w.body_sha256, w.body, pg_text(w.content_type), pg_text(w.trigger),
+                 pg_text(w.booking_uid), w.received_at, pg_text(w.correlation_id), w.state, pg_text(w.reason))
                 for w in todo
             ), strict=True))
             for r in await self._p().fetch(_ACCEPT, *columns, retry):
                 found[(r["source"], bytes(r["body_sha256"]))] = (r["id"], r["state"],
                                                                  r["inserted"])
-            todo = [w for w in todo if (_s(w.source), bytes(w.body_sha256)) not in found]
+            todo = [w for w in todo if (pg_text(w.source), bytes(w.body_sha256)) not in found]
             if not todo:
                 break
         else:
@@ -330,7 +325,7 @@ class PostgresStore(PostgresInboundMixin):
         return [StoredEvent(*r) for r in rows]
 
     async def appointment_states(self, uids: list[str]) -> dict[str, str]:
-        wanted = {_s(u): u for u in set(uids)}
+        wanted = {pg_text(u): u for u in set(uids)}
         rows = await self._p().fetch(
             "SELECT b.uid, a.state FROM booking_uids b"
             " JOIN appointments a ON a.appointment_id = b.appointment_id"
@@ -340,7 +335,7 @@ class PostgresStore(PostgresInboundMixin):
         return {wanted[r["uid"]]: r["state"] for r in rows}
 
     async def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]:
-        wanted = {_s(a): a for a in set(appointment_ids)}
+        wanted = {pg_text(a): a for a in set(appointment_ids)}
         rows = await self._p().fetch(
             "SELECT destination, appointment_id FROM destination_appointments"
             " WHERE appointment_id = ANY($1::text[])",
@@ -352,7 +347,7 @@ class PostgresStore(PostgresInboundMixin):
         if not results:
             return
 
-        marks = {r.event_id: (r.state, _s(r.reason)) for r in results}
+        marks = {r.event_id: (r.state, pg_text(r.reason)) for r in results}
 
         async def fn(conn: asyncpg.Connection) -> None:
             now = time.time()
@@ -368,16 +363,16 @@ class PostgresStore(PostgresInboundMixin):
             if _rowcount(status) != len(marks):
                 raise NotPending(f"{len(marks) - _rowcount(status)} of {len(marks)} events"
                                  " were no longer pending")
-            states = [(_s(r.appointment_id), r.appointment_state, now) for r in results
+            states = [(pg_text(r.appointment_id), r.appointment_state, now) for r in results
                       if r.appointment_id and r.appointment_state is not None]
             if states:  # in order: a later result for the same appointment wins
                 await conn.executemany(
                     "INSERT INTO appointments (appointment_id, state, updated_at)"
                     " VALUES ($1, $2, $3) ON CONFLICT (appointment_id) DO UPDATE"
                     " SET state = excluded.state, updated_at = excluded.updated_at",
-                    [(a, _s(s), t) for a, s, t in states],
+                    [(a, pg_text(s), t) for a, s, t in states],
                 )
-            links = [(_s(u), _s(a)) for r in results for u, a in r.uid_links.items()]
+            links = [(pg_text(u), pg_text(a)) for r in results for u, a in r.uid_links.items()]
             if links:
                 await conn.executemany(
                     "INSERT INTO booking_uids (uid, appointment_id) VALUES ($1, $2)"
@@ -388,8 +383,8 @@ class PostgresStore(PostgresInboundMixin):
                 await _enqueue(conn, results, now)
             audit = [_audit_row(a) for r in results for a in r.audit]
             if audit:
-                await conn.executemany(_AUDIT_INSERT, audit)
-            wake = sorted({_s(m.destination) for r in results for m in r.messages
+                await conn.executemany(AUDIT_INSERT, audit)
+            wake = sorted({pg_text(m.destination) for r in results for m in r.messages
                            if not m.error})
             if wake:  # delivered to listeners when this transaction commits
                 await conn.execute(
@@ -403,7 +398,7 @@ class PostgresStore(PostgresInboundMixin):
         self, destination: str, limit: int, owner: str, lease_seconds: float, now: float
     ) -> list[QueuedMessage]:
         rows = await self._p().fetch(
-            _CLAIM, _s(destination), now, limit, _s(owner), lease_seconds
+            _CLAIM, pg_text(destination), now, limit, pg_text(owner), lease_seconds
         )
         return [
             QueuedMessage(
@@ -420,8 +415,8 @@ class PostgresStore(PostgresInboundMixin):
         if not records:
             return
         rows = [
-            (r.message_id, r.lane_id, r.fence, r.outcome, r.at, r.ack, _s(r.ack_code),
-             _s(r.detail), r.next_attempt_at or r.at, r.hold_lane)
+            (r.message_id, r.lane_id, r.fence, r.outcome, r.at, r.ack, pg_text(r.ack_code),
+             pg_text(r.detail), r.next_attempt_at or r.at, r.hold_lane)
             for r in sorted(records, key=lambda r: r.lane_id)
         ]
         for attempt in range(1, _TX_ATTEMPTS + 1):
@@ -441,12 +436,12 @@ class PostgresStore(PostgresInboundMixin):
             " JOIN outbound o ON o.id = l.head_id"
             " WHERE l.destination = $1 AND l.head_id IS NOT NULL AND NOT l.held"
             " AND o.channel NOT IN (SELECT channel FROM paused_channels)",
-            _s(destination),
+            pg_text(destination),
         )
 
     async def release_claims(self, owner: str) -> None:
         await self._p().execute(
-            "UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner = $1", _s(owner)
+            "UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner = $1", pg_text(owner)
         )
 
     # ------------------------------------------------------------------ cluster
@@ -457,7 +452,7 @@ class PostgresStore(PostgresInboundMixin):
         are held by live leases. An owner that already holds one gets it back, renewed."""
         if max_slots <= 0:
             return None
-        destination, owner = _s(destination), _s(owner)
+        destination, owner = pg_text(destination), pg_text(owner)
         if self._slot_rows.get(destination, 0) < max_slots:
             await self._p().execute(
                 "INSERT INTO destination_slots (destination, slot)"
@@ -484,7 +479,7 @@ class PostgresStore(PostgresInboundMixin):
         status = await self._p().execute(
             "UPDATE destination_slots SET lease_until = $4::float8 + $5::float8"
             " WHERE destination = $1 AND slot = $2 AND owner = $3",
-            _s(destination), slot, _s(owner), now, lease_seconds,
+            pg_text(destination), slot, pg_text(owner), now, lease_seconds,
         )
         return _rowcount(status) == 1
 
@@ -492,7 +487,7 @@ class PostgresStore(PostgresInboundMixin):
         await self._p().execute(
             "UPDATE destination_slots SET owner = NULL, lease_until = NULL"
             " WHERE destination = $1 AND slot = $2 AND owner = $3",
-            _s(destination), slot, _s(owner),
+            pg_text(destination), slot, pg_text(owner),
         )
 
     async def heartbeat(self, node_id: str, now: float) -> None:
@@ -500,7 +495,7 @@ class PostgresStore(PostgresInboundMixin):
         await self._p().execute(
             "INSERT INTO nodes (node_id, started_at, last_seen) VALUES ($1, $2, $2)"
             " ON CONFLICT (node_id) DO UPDATE SET last_seen = excluded.last_seen",
-            _s(node_id), now,
+            pg_text(node_id), now,
         )
 
     async def nodes(self) -> list[dict[str, Any]]:
@@ -612,7 +607,7 @@ class PostgresStore(PostgresInboundMixin):
     async def lanes(self, destination: str | None, limit: int) -> list[dict[str, Any]]:
         where, args = "", [limit]
         if destination is not None:
-            where, args = " AND l.destination = $2", [limit, _s(destination)]
+            where, args = " AND l.destination = $2", [limit, pg_text(destination)]
         rows = await self._p().fetch(
             "SELECT l.id AS lane, l.destination, l.lane_key, l.head_id AS head,"
             " l.held::int AS held, l.ready_at, l.owner,"
@@ -670,7 +665,7 @@ class PostgresStore(PostgresInboundMixin):
                     message_id,
                 )
                 await _requeue_in_lane(conn, lane_id, message_id)
-            await _audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
+            await audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
             return True
 
         return await self._tx(fn)
@@ -693,10 +688,10 @@ class PostgresStore(PostgresInboundMixin):
             await conn.execute(
                 "UPDATE outbound SET control_id = $2, payload = $3, status = 'queued',"
                 " attempts = 0, last_error = NULL WHERE id = $1",
-                message_id, _s(control_id), payload,
+                message_id, pg_text(control_id), payload,
             )
             await _requeue_in_lane(conn, lane_id, message_id)
-            await _audit_operator(
+            await audit_operator(
                 conn, "reprocess", who, appointment_id,
                 {"message": message_id, "old_control_id": old_control_id,
                  "control_id": control_id},
@@ -720,7 +715,7 @@ class PostgresStore(PostgresInboundMixin):
             head_id, appointment_id = row
             await conn.execute("UPDATE outbound SET status = 'skipped' WHERE id = $1", head_id)
             await _advance_lanes(conn, [(lane_id, head_id)], time.time())
-            await _audit_operator(
+            await audit_operator(
                 conn, "release", who, appointment_id, {"lane": lane_id, "message": head_id}
             )
             return True
@@ -733,11 +728,11 @@ class PostgresStore(PostgresInboundMixin):
                 await conn.execute(
                     "INSERT INTO paused_channels (channel, paused_by, paused_at)"
                     " VALUES ($1, $2, $3) ON CONFLICT (channel) DO NOTHING",
-                    _s(channel), _s(who), time.time(),
+                    pg_text(channel), pg_text(who), time.time(),
                 )
             else:
-                await conn.execute("DELETE FROM paused_channels WHERE channel = $1", _s(channel))
-            await _audit_operator(conn, "pause" if paused else "resume", who, None,
+                await conn.execute("DELETE FROM paused_channels WHERE channel = $1", pg_text(channel))
+            await audit_operator(conn, "pause" if paused else "resume", who, None,
                                   {"channel": channel})
 
         await self._tx(fn)
@@ -753,7 +748,7 @@ class PostgresStore(PostgresInboundMixin):
                 event_id,
             )
             if _rowcount(status):
-                await _audit_operator(conn, "reprocess_event", who, None, {"event": event_id})
+                await audit_operator(conn, "reprocess_event", who, None, {"event": event_id})
             return _rowcount(status) == 1
 
         return await self._tx(fn)
@@ -763,7 +758,7 @@ class PostgresStore(PostgresInboundMixin):
     ) -> list[dict[str, Any]]:
         clauses, args = [], [limit]
         if appointment_id is not None:
-            args.append(_s(appointment_id))
+            args.append(pg_text(appointment_id))
             clauses.append(f"appointment_id = ${len(args)}")
         if since is not None:
             args.append(since)
@@ -795,28 +790,6 @@ class PostgresStore(PostgresInboundMixin):
 
 
 # ---------------------------------------------------------------------- helpers
-def _s(value: Any) -> Any:
-    """Text PostgreSQL can store: NUL (valid in JSON strings) becomes U+FFFD."""
-    if isinstance(value, str) and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
-    return value
-
-
-def _clean(value: Any) -> Any:
-    """JSON PostgreSQL can store: jsonb refuses \\u0000 in strings."""
-    if isinstance(value, str):
-        return _s(value)
-    if isinstance(value, dict):
-        return {_s(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _json(detail: dict[str, Any]) -> str:
-    return json.dumps(_clean(detail), separators=(",", ":"))
-
-
 def _rowcount(status: str) -> int:
     """asyncpg's command tag ('UPDATE 1') -> rows affected."""
     try:
@@ -851,16 +824,8 @@ async def _migrate(conn: asyncpg.Connection, key: int) -> None:
 
 
 def _audit_row(a: base.AuditEntry) -> tuple[Any, ...]:
-    return (a.at, a.kind, _s(a.appointment_id), _s(a.actor), _s(a.trigger), _s(a.source),
-            _json(a.detail))
-
-
-async def _audit_operator(
-    conn: asyncpg.Connection, action: str, who: str, appointment_id: str | None,
-    detail: dict[str, Any],
-) -> None:
-    await conn.execute(_AUDIT_INSERT, time.time(), "operator", appointment_id, _s(who), action,
-                       "operator", _json(detail))
+    return (a.at, a.kind, pg_text(a.appointment_id), pg_text(a.actor), pg_text(a.trigger), pg_text(a.source),
+            pg_json(a.detail))
 
 
 async def _lock_lane(conn: asyncpg.Connection, lane_id: int) -> None:
@@ -891,7 +856,7 @@ async def _requeue_in_lane(conn: asyncpg.Connection, lane_id: int, message_id: i
 async def _enqueue(conn: asyncpg.Connection, results: list[ProcessedEvent], now: float) -> None:
     """Queue every message of `results` in its lane, in order, in a few statements."""
     items: list[tuple[ProcessedEvent, NewMessage]] = [(r, m) for r in results for m in r.messages]
-    keys = sorted({(_s(m.destination), _s(m.lane_key)) for _, m in items})
+    keys = sorted({(pg_text(m.destination), pg_text(m.lane_key)) for _, m in items})
     dests, lane_keys = [k[0] for k in keys], [k[1] for k in keys]
     await conn.execute(
         "INSERT INTO lanes (destination, lane_key, ready_at)"
@@ -925,14 +890,14 @@ async def _enqueue(conn: asyncpg.Connection, results: list[ProcessedEvent], now:
     rows = []
     first_new: dict[int, int] = {}  # empty lane -> its first new message
     for mid, (r, m) in zip(ids, items, strict=True):
-        lane_id, head_id = lanes[(_s(m.destination), _s(m.lane_key))]
+        lane_id, head_id = lanes[(pg_text(m.destination), pg_text(m.lane_key))]
         if head_id is None:
             first_new.setdefault(lane_id, mid)
         accepted_at, correlation_id = origin.get(r.event_id, (None, None))
         rows.append((
-            mid, lane_id, r.event_id, _s(m.channel), _s(m.destination), _s(m.appointment_id),
-            _s(m.message_type), _s(m.control_id), m.payload, _s(m.event_json),
-            base.DEAD if m.error else base.QUEUED, m.hold_lane, _s(m.error), accepted_at,
+            mid, lane_id, r.event_id, pg_text(m.channel), pg_text(m.destination), pg_text(m.appointment_id),
+            pg_text(m.message_type), pg_text(m.control_id), m.payload, pg_text(m.event_json),
+            base.DEAD if m.error else base.QUEUED, m.hold_lane, pg_text(m.error), accepted_at,
             correlation_id,
         ))
     await conn.execute(
@@ -944,7 +909,7 @@ async def _enqueue(conn: asyncpg.Connection, results: list[ProcessedEvent], now:
         " $12::bool[], $13::text[], $14::float8[], $15::text[])",
         *_columns(rows, 15), now,
     )
-    holding = sorted({(_s(m.destination), _s(m.appointment_id)) for _, m in items
+    holding = sorted({(pg_text(m.destination), pg_text(m.appointment_id)) for _, m in items
                       if m.message_type.endswith("S12")})
     if holding:
         await conn.execute(

@@ -20,6 +20,7 @@ from engine.store.inbound_records import (
     InboundMessage,
     JobOutcome,
 )
+from engine.store.postgres_common import audit_operator, pg_text
 
 _J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -44,12 +45,6 @@ _HELD = ("SELECT current_uid, status, start_at, end_at, provider_id, event_type_
          " FROM inbound_blocks WHERE channel = $1 AND ehr_appointment_id = $2")
 
 
-def _s(value: Any) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
-    return value
-
-
 class PostgresInboundMixin:
     _p: Any  # provided by PostgresStore
     _tx: Any
@@ -62,13 +57,13 @@ class PostgresInboundMixin:
                 " ehr_appointment_id, payload, ack_code, received_at)"
                 " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
                 " ON CONFLICT (sender, control_id) DO NOTHING RETURNING id",
-                msg.channel, _s(msg.sender), _s(msg.control_id), _s(msg.trigger),
-                _s(msg.ehr_appointment_id), msg.payload, msg.ack_code, msg.received_at,
+                msg.channel, pg_text(msg.sender), pg_text(msg.control_id), pg_text(msg.trigger),
+                pg_text(msg.ehr_appointment_id), msg.payload, msg.ack_code, msg.received_at,
             )
             if row is None:
                 dup = await conn.fetchrow(
                     "SELECT id, ack_code FROM inbound_messages WHERE sender = $1"
-                    " AND control_id = $2", _s(msg.sender), _s(msg.control_id))
+                    " AND control_id = $2", pg_text(msg.sender), pg_text(msg.control_id))
                 if dup is None:  # the other insert has not committed yet: ask again
                     raise _Retry()
                 return InboundAccept(dup[0], True, dup[1])
@@ -76,7 +71,7 @@ class PostgresInboundMixin:
                 await conn.execute(
                     "INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id, trigger,"
                     " params, status, created_at) VALUES ($1,$2,$3,$4,$5,'queued',$6)",
-                    row[0], msg.channel, _s(msg.ehr_appointment_id), _s(msg.trigger),
+                    row[0], msg.channel, pg_text(msg.ehr_appointment_id), pg_text(msg.trigger),
                     _J(msg.job_params), msg.received_at)
             return InboundAccept(row[0], False, msg.ack_code)
 
@@ -134,13 +129,13 @@ class PostgresInboundMixin:
                     await conn.execute(
                         "UPDATE inbound_jobs SET attempts = attempts + 1, ready_at = $2,"
                         " lease_until = NULL, last_error = $3 WHERE id = $1",
-                        o.job_id, o.next_attempt_at or o.at, _s(o.detail))
+                        o.job_id, o.next_attempt_at or o.at, pg_text(o.detail))
                 else:
                     await conn.execute(
                         "UPDATE inbound_jobs SET status = $2, attempts = attempts + 1,"
                         " lease_until = NULL, last_error = $3, result = $4, done_at = $5"
                         " WHERE id = $1",
-                        o.job_id, "done" if o.outcome == "done" else "dead", _s(o.detail),
+                        o.job_id, "done" if o.outcome == "done" else "dead", pg_text(o.detail),
                         _J(o.result) if o.result is not None else None, o.at)
 
         await self._tx(fn)
@@ -153,7 +148,7 @@ class PostgresInboundMixin:
 
     # ------------------------------------------------------------------ no echo
     async def inbound_origins(self, uids: list[str]) -> dict[str, str]:
-        wanted = list(dict.fromkeys(_s(u) for u in uids if u))
+        wanted = list(dict.fromkeys(pg_text(u) for u in uids if u))
         if not wanted:
             return {}
         async with self._p().acquire() as conn:
@@ -191,11 +186,7 @@ class PostgresInboundMixin:
                 " done_at = NULL WHERE id = $1 AND status = 'dead'", job_id)
             changed = status.endswith(" 1")
             if changed:
-                await conn.execute(
-                    "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-                    " VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                    time.time(), "operator", None, _s(who), "inbound_retry", "operator",
-                    _J({"inbound_job": job_id}))
+                await audit_operator(conn, "inbound_retry", who, None, {"inbound_job": job_id})
             return changed
 
         return await self._tx(fn)

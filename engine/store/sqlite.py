@@ -29,6 +29,7 @@ from engine.store.base import (
     StoredEvent,
 )
 from engine.store.migrations import load_migrations
+from engine.store.sqlite_common import AUDIT_INSERT, audit_operator
 from engine.store.sqlite_inbound import SQLiteInboundMixin
 
 T = TypeVar("T")
@@ -263,9 +264,7 @@ class SQLiteStore(SQLiteInboundMixin):
     async def record_attempts(self, records: list[AttemptRecord]) -> None:
         def fn(conn: sqlite3.Connection) -> None:
             sent = [entry for rec in records if (entry := _apply_attempt(conn, rec))]
-            conn.executemany(
-                "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-                " VALUES (?,?,?,?,?,?,?)", sent)
+            conn.executemany(AUDIT_INSERT, sent)
 
         await self._call(fn)
 
@@ -399,7 +398,7 @@ class SQLiteStore(SQLiteInboundMixin):
                     (message_id,),
                 )
                 _requeue_in_lane(conn, lane_id, message_id)
-            _audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
+            audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
             return True
 
         return await self._call(fn)
@@ -421,7 +420,7 @@ class SQLiteStore(SQLiteInboundMixin):
                 (control_id, payload, message_id),
             )
             _requeue_in_lane(conn, lane_id, message_id)
-            _audit_operator(
+            audit_operator(
                 conn, "reprocess", who, appointment_id,
                 {"message": message_id, "old_control_id": old_control_id,
                  "control_id": control_id},
@@ -444,7 +443,7 @@ class SQLiteStore(SQLiteInboundMixin):
             head_id, _status, appointment_id = row
             conn.execute("UPDATE outbound SET status = 'skipped' WHERE id = ?", (head_id,))
             _advance_lane(conn, lane_id, head_id, time.time())
-            _audit_operator(
+            audit_operator(
                 conn, "release", who, appointment_id, {"lane": lane_id, "message": head_id}
             )
             return True
@@ -461,7 +460,7 @@ class SQLiteStore(SQLiteInboundMixin):
                 )
             else:
                 conn.execute("DELETE FROM paused_channels WHERE channel = ?", (channel,))
-            _audit_operator(conn, "pause" if paused else "resume", who, None, {"channel": channel})
+            audit_operator(conn, "pause" if paused else "resume", who, None, {"channel": channel})
 
         await self._call(fn)
 
@@ -478,7 +477,7 @@ class SQLiteStore(SQLiteInboundMixin):
                 (event_id,),
             )
             if cur.rowcount:
-                _audit_operator(conn, "reprocess_event", who, None, {"event": event_id})
+                audit_operator(conn, "reprocess_event", who, None, {"event": event_id})
             return cur.rowcount == 1
 
         return await self._call(fn)
@@ -626,8 +625,7 @@ def _apply_processed(conn: sqlite3.Connection, results: list[ProcessedEvent], no
         for m in r.messages:
             _enqueue(conn, m, r.event_id, now, accepted_at, correlation_id)
     conn.executemany(
-        "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-        " VALUES (?,?,?,?,?,?,?)",
+        AUDIT_INSERT,
         [(a.at, a.kind, a.appointment_id, a.actor, a.trigger, a.source,
           json.dumps(a.detail, separators=(",", ":"))) for r in results for a in r.audit],
     )
@@ -775,15 +773,3 @@ def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> tuple[Any, .
             json.dumps({"message": rec.message_id, "control_id": control_id,
                         "channel": channel, "outcome": rec.outcome,
                         "ack_code": rec.ack_code}, separators=(",", ":")))
-
-
-def _audit_operator(
-    conn: sqlite3.Connection, action: str, who: str, appointment_id: str | None,
-    detail: dict[str, Any],
-) -> None:
-    conn.execute(
-        "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (time.time(), "operator", appointment_id, who, action, "operator",
-         json.dumps(detail, separators=(",", ":"))),
-    )

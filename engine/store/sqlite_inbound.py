@@ -21,6 +21,7 @@ from engine.store.inbound_records import (
     InboundMessage,
     JobOutcome,
 )
+from engine.store.sqlite_common import audit_operator
 
 _J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -226,11 +227,7 @@ class SQLiteInboundMixin:
                 "UPDATE inbound_jobs SET status = 'queued', ready_at = 0, lease_until = NULL,"
                 " done_at = NULL WHERE id = ? AND status = 'dead'", (job_id,))
             if cur.rowcount:
-                conn.execute(
-                    "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (time.time(), "operator", None, who, "inbound_retry", "operator",
-                     _J({"inbound_job": job_id})))
+                audit_operator(conn, "inbound_retry", who, None, {"inbound_job": job_id})
             return cur.rowcount == 1
 
         return await self._call(fn)

@@ -1,0 +1,45 @@
+"""What both halves of the PostgreSQL store use (postgres.py and postgres_inbound.py): values
+PostgreSQL can store, and the audit row an operator's action leaves."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import asyncpg
+
+AUDIT_INSERT = (
+    "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
+)
+
+
+def pg_text(value: Any) -> Any:
+    """Text PostgreSQL can store: NUL (valid in JSON strings) becomes U+FFFD."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _clean(value: Any) -> Any:
+    """JSON PostgreSQL can store: jsonb refuses \\u0000 in strings."""
+    if isinstance(value, str):
+        return pg_text(value)
+    if isinstance(value, dict):
+        return {pg_text(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def pg_json(detail: dict[str, Any]) -> str:
+    return json.dumps(_clean(detail), separators=(",", ":"))
+
+
+async def audit_operator(
+    conn: asyncpg.Connection, action: str, who: str, appointment_id: str | None,
+    detail: dict[str, Any],
+) -> None:
+    await conn.execute(AUDIT_INSERT, time.time(), "operator", appointment_id, pg_text(who),
+                       action, "operator", pg_json(detail))
