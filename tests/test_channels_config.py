@@ -228,3 +228,16 @@ def test_cli_render_preview(capsys: pytest.CaptureFixture[str]) -> None:
     assert "SIU^S13^SIU_S12" in out
     assert "\nSCH-1.1 " in out and "= abHAVhYH1N5x7DhEZEAXYQ\n" in out  # the first booking's uid kept
     assert "\nAIS-3.1 " in out and "= NPV45\n" in out
+
+
+def test_an_inbound_channel_with_a_charset_that_changes_ascii_bytes_is_refused(
+        tmp_path: Path) -> None:
+    from engine.inbound.config import load_inbound_config
+
+    shutil.copytree(REPO / "channels", tmp_path / "channels")
+    inbound = tmp_path / "channels" / "inbound" / "ehr-main.yaml"
+    inbound.write_text(inbound.read_text().replace("charset: UTF-8", "charset: UTF-16"))
+    with pytest.raises(ConfigError) as info:
+        load_inbound_config(tmp_path / "channels")
+    assert any("charset 'UTF-16' does not keep ASCII as is" in str(p)
+               for p in info.value.problems)

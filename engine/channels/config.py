@@ -17,7 +17,6 @@ when it changes, and swaps the whole `Config` object; a failing reload keeps the
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import os
 import re
@@ -30,7 +29,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from engine.delivery.policy import AckPolicy, RetryPolicy
-from engine.hl7.escape import codec_name
+from engine.hl7.escape import check_wire_charset, codec_name
 from engine.hl7.render import SiuTemplate, TemplateError, default_template
 from engine.connection import ConnectionSettings
 
@@ -98,19 +97,7 @@ class Destination(_Model):
     @field_validator("charset")
     @classmethod
     def _known_charset(cls, value: str) -> str:
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown charset {value!r}") from None
-        ascii_bytes = bytes(range(128))
-        try:
-            same = ascii_bytes.decode("ascii").encode(value) == ascii_bytes
-        except UnicodeError:
-            same = False
-        if not same:  # MLLP framing and the ER7 delimiters are ASCII bytes on the wire
-            raise ValueError(f"charset {value!r} does not keep ASCII as is; use an"
-                             " ASCII-compatible one such as UTF-8 or ISO-8859-1")
-        return value
+        return check_wire_charset(value)
 
     @property
     def codec(self) -> str:

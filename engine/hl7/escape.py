@@ -61,6 +61,24 @@ def codec_name(charset: str) -> str:
     return codecs.lookup(charset).name.replace("iso8859-1", "latin-1")
 
 
+def check_wire_charset(charset: str) -> str:
+    """A charset label a channel file may name for MLLP: one Python knows, and one that keeps
+    ASCII bytes as they are (the framing and the ER7 delimiters are ASCII on the wire)."""
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise ValueError(f"unknown charset {charset!r}") from None
+    ascii_bytes = bytes(range(128))
+    try:
+        same = ascii_bytes.decode("ascii").encode(charset) == ascii_bytes
+    except UnicodeError:
+        same = False
+    if not same:
+        raise ValueError(f"charset {charset!r} does not keep ASCII as is; use an"
+                         " ASCII-compatible one such as UTF-8 or ISO-8859-1")
+    return charset
+
+
 def _can_encode(ch: str, codec: str) -> bool:
     try:
         ch.encode(codec)

@@ -21,7 +21,6 @@ directory fingerprint already covers them, so hot reload sees their changes.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from engine.channels.config import ConfigError, Problem, _line_for, _read, _validate
+from engine.hl7.escape import check_wire_charset
 
 TRIGGERS = ("S12", "S13", "S14", "S15")
 DEFAULT_OWN_APPLICATIONS = frozenset({"CALCOM_HL7"})
@@ -101,11 +101,7 @@ class InboundChannel(_Model):
     @field_validator("charset")
     @classmethod
     def _charset(cls, value: str) -> str:
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown charset {value!r}") from None
-        return value
+        return check_wire_charset(value)
 
     @model_validator(mode="after")
     def _triggers_complete(self) -> InboundChannel:
