@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ import pytest
 
 from engine.store import base
 from engine.store.base import AttemptRecord, ProcessedEvent
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, _pg_schema_url
 from tests.test_store import enqueue, message, webhook
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -21,20 +20,8 @@ PostgresStore = postgres.PostgresStore
 
 
 @pytest.fixture
-async def schema_url() -> AsyncIterator[str]:
-    schema = "n_" + uuid.uuid4().hex[:12]
-    try:
-        conn = await asyncpg.connect(PG_URL, timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CALHL7_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+async def schema_url() -> str:
+    return await _pg_schema_url()  # a fresh schema, dropped at the end of the session
 
 
 @pytest.fixture
@@ -52,7 +39,7 @@ async def test_the_schema_of_the_url_is_used(schema_url: str) -> None:
     store = PostgresStore(schema_url)
     await store.open()
     try:
-        assert store.schema and store.schema.startswith("n_")
+        assert store.schema and store.schema == schema_url.rsplit("%3D", 1)[1]
         conn = await asyncpg.connect(PG_URL)
         try:
             tables = {r[0] for r in await conn.fetch(
