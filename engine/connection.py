@@ -25,8 +25,8 @@ class ConnectionSettings(BaseModel):
         16, ge=1, le=1024,
         description="ACKs received ahead of their commit to the store. Sending does not wait"
                     " for each commit; after a crash at most commit_window + 1 messages per"
-                    " connection are sent again, each under its original MSH-10. 1 = wait"
-                    " for every commit before the next send but one")
+                    " connection are sent again, each under its original MSH-10. 1: only the"
+                    " message just sent waits for its commit while the next goes out")
     keepalive: bool = True
     # TCP keepalive timing (Linux): find a dead peer/firewall-dropped idle connection in
     # idle + interval * count seconds instead of the kernel's 2 hours.
