@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from engine.hl7.ack import AckInfo, build_ack, parse_ack, read_msh10
+from tests.conftest import SHARED
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "hl7" / "examples"
+EXAMPLES = SHARED / "hl7" / "examples"
 NOW = datetime(2025, 3, 14, 9, 30, 16, tzinfo=timezone(timedelta(hours=-5)))
 
 

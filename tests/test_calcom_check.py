@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -97,7 +96,6 @@ def test_ignored_triggers(trigger: str) -> None:
 def test_any_characters_in_names_accepted(first: str, last: str) -> None:
     body = _created(first_name=first, last_name=last)
     assert check_webhook(body, "application/json; charset=utf-8").disposition == "accept"
-    assert json.loads(body)["payload"]["attendees"][0]["firstName"] == first
 
 
 @pytest.mark.parametrize("content_type", [None, "application/json", "Application/JSON; charset=UTF-8", "application/vnd.cal+json"])

@@ -13,8 +13,8 @@ import pydantic
 import pytest
 
 from engine.channels.config import ConfigError, config_fingerprint, json_schema, load_config
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 GOOD_DEST = """\
 name: ehr-main
@@ -141,8 +141,9 @@ def test_fingerprint_changes_with_files(tmp_path: Path) -> None:
     assert second != first
     os.utime(root / "fm.yaml", ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
     assert config_fingerprint(root) != second  # same size, new mtime
+    third = config_fingerprint(root)
     (root / "notes.txt").write_text("not read by the loader")
-    assert config_fingerprint(root) == config_fingerprint(root)
+    assert config_fingerprint(root) == third
 
 
 def test_custom_template_is_compiled_and_probed(tmp_path: Path) -> None:

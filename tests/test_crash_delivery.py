@@ -20,6 +20,7 @@ import pytest
 from engine.channels.config import load_config
 from engine.sim.bookings import StoryTeller, compact, sign
 from tests.conftest import REPO, free_port
+from tests.engine_harness import eventually
 from tests.test_crash_intake import SECRET, wait_ready
 
 
@@ -70,10 +71,8 @@ async def test_sigkill_mid_delivery_then_restart(tmp_path: Path) -> None:
 
             for i in range(0, len(stories), 10):
                 await asyncio.gather(*(post(s) for s in stories[i:i + 10]))
-        for _ in range(400):  # kill once deliveries are well under way
-            if len(sim_log(logs["main"])) >= 40:
-                break
-            await asyncio.sleep(0.01)
+        # kill once deliveries are well under way
+        await eventually(lambda: len(sim_log(logs["main"])) >= 40, timeout=10, interval=0.01)
         helpers = psutil.Process(engine.pid).children(recursive=True)
         assert helpers, "serve runs the pure core in a helper process by default"
         engine.send_signal(signal.SIGKILL)
@@ -85,14 +84,10 @@ async def test_sigkill_mid_delivery_then_restart(tmp_path: Path) -> None:
         engine = start(serve, env)
         await wait_ready(http, engine)
         db = tmp_path / "calhl7.sqlite3"
-        for _ in range(1200):  # a busy CI machine: up to a minute to drain
-            (left,) = db_rows(db, "SELECT COUNT(*) FROM outbound WHERE status = 'queued'")[0:1]
-            (pending,) = db_rows(db, "SELECT COUNT(*) FROM received_events"
-                                     " WHERE state = 'pending'")[0:1]
-            if left[0] == 0 and pending[0] == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert left[0] == 0 and pending[0] == 0, f"{left[0]} queued, {pending[0]} pending"
+        await eventually(lambda: db_rows(  # a busy CI machine: up to a minute to drain
+            db, "SELECT (SELECT COUNT(*) FROM outbound WHERE status = 'queued')"
+                " + (SELECT COUNT(*) FROM received_events WHERE state = 'pending')") == [(0,)],
+            timeout=60)
     finally:
         for proc in (engine, *sims):
             proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ import pytest
 
 from engine.sim.bookings import StoryTeller, compact, sign
 from tests.conftest import REPO, free_port
+from tests.engine_harness import eventually
 
 SECRET = "crash-test-secret"
 
@@ -45,6 +46,15 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.slow
+def _pending(data: Path) -> int:
+    db = sqlite3.connect(data / "calhl7.sqlite3")
+    try:
+        return db.execute("SELECT COUNT(*) FROM received_events WHERE state = 'pending'"
+                          ).fetchone()[0]
+    finally:
+        db.close()
+
+
 async def test_sigkill_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
     port = free_port()
     proc = start_engine(tmp_path, port)
@@ -85,15 +95,7 @@ async def test_sigkill_loses_nothing_that_was_acknowledged(tmp_path: Path) -> No
     proc = start_engine(tmp_path, port)
     try:
         await wait_ready(port, proc)
-        for _ in range(200):
-            db = sqlite3.connect(tmp_path / "calhl7.sqlite3")
-            (pending,) = db.execute(
-                "SELECT COUNT(*) FROM received_events WHERE state = 'pending'").fetchone()
-            db.close()
-            if pending == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert pending == 0
+        await eventually(lambda: _pending(tmp_path) == 0, timeout=10)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0  # clean shutdown on SIGTERM

@@ -3,7 +3,6 @@ in its PromQL is checked against a scrape of /metrics after a demo-like run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from engine import metrics as m
 from engine.sim.bookings import StoryTeller, compact
 from engine.sim.ehr import SimPolicy, simulator_of
 from tests.conftest import REPO
-from tests.engine_harness import running_engine
+from tests.engine_harness import eventually, running_engine
 from tests.test_delivery import fast_channels
 from tests.test_metrics import quiet, samples, scrape
 
@@ -114,7 +113,8 @@ async def test_every_queried_metric_exists_after_a_run(tmp_path: Path) -> None:
         await eng.post(first, secret="forged")
         await eng.post(compact({**first, "pad": "x" * 20_000}))
         await eng.post({"triggerEvent": "BOOKING_CREATED", "payload": {}})  # quarantined
-        await asyncio.sleep(1.2)
+        legacy = simulator_of(eng.sims["legacy_server"])
+        await eventually(lambda: legacy.received >= 2)  # it says nothing: a timeout, a resend
         simulator_of(eng.sims["legacy_server"]).policy = SimPolicy(encoding="ascii")
         await quiet(eng)
         text = await scrape(eng.client)

@@ -111,7 +111,12 @@ async def test_application_error_dead_letters_and_holds_only_its_lane(tmp_path: 
             b, created = teller.created()
         await eng.post(created)
         await eng.post(teller.rescheduled(b))
-        await eng.settle(5)
+
+        async def settled() -> bool:  # the S12 dead at ehr-main, both changes at ehr-legacy
+            return (any(d["destination"] == "ehr-main" for d in await eng.store.dead_letters(10))
+                    and len(await acked(eng, "ehr-legacy")) == 2)
+
+        await eventually(settled)
         dead = await eng.store.dead_letters(10)
         main_dead = [d for d in dead if d["destination"] == "ehr-main"]
         assert len(main_dead) == 1 and main_dead[0]["message_type"].endswith("S12")

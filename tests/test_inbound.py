@@ -28,6 +28,7 @@ from engine.mllp.framing import frame
 from engine.mllp.server import shutdown
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import REPO, STORE_KINDS, _pg_schema_url, free_port
+from tests.engine_harness import eventually
 from tests.fake_calcom import FakeCalcom, standard_fake
 
 KEY = "cal_test_key"
@@ -375,8 +376,7 @@ async def test_webhooks_for_our_blocks_are_recognised(env: Env) -> None:
                                            access_log=False, log_config=None, loop="none"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, interval=0.01)
     env.fake.webhook_url = f"http://127.0.0.1:{port}/webhooks/calcom"
     try:
         start = slot(10, 10)

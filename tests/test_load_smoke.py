@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 SCENARIOS = {
     "clinic-day": ["--users", "8", "--rate", "40"],

@@ -3,7 +3,6 @@ keys, a correlation id that follows a booking from the webhook to the ACK, and n
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -18,7 +17,7 @@ from engine import logs
 from engine.demo import _demo
 from engine.sim.bookings import StoryTeller, compact
 from engine.sim.ehr import SimPolicy, simulator_of
-from tests.engine_harness import running_engine
+from tests.engine_harness import eventually, running_engine
 from tests.test_delivery import fast_channels
 from tests.test_metrics import quiet
 
@@ -171,7 +170,8 @@ async def test_failures_are_logged_without_phi_and_a_booking_can_be_followed(
             await eng.post(hooks[0])  # a redelivery
             await eng.post(hooks[0], secret="forged")
             await eng.post(compact({**created, "pad": "x" * 40_000}))  # too large
-            await asyncio.sleep(1.2)  # the legacy EHR says nothing: timeouts, retries
+            legacy = simulator_of(eng.sims["legacy_server"])
+            await eventually(lambda: legacy.received >= 2)  # it says nothing: a timeout, a resend
             simulator_of(eng.sims["legacy_server"]).policy = SimPolicy(encoding="ascii")
             await quiet(eng)
     lines = check_lines(stream.getvalue(), hooks)

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -30,8 +29,9 @@ from engine.mllp import (
 )
 from engine.connection import ConnectionSettings, TlsSettings
 from engine.mllp.tls import server_ssl_context
+from tests.conftest import free_port
+from tests.engine_harness import eventually
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ConnectionSettings(connect_timeout_seconds=2, response_timeout_seconds=2)
 
 
@@ -162,11 +162,7 @@ async def test_half_frame_then_disconnect_is_not_handled(start: Callable[..., Aw
     await writer.drain()
     writer.close()
     await writer.wait_closed()
-    for _ in range(50):
-        if connection_count(server) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert connection_count(server) == 0
+    await eventually(lambda: connection_count(server) == 0, timeout=5)
     assert handled == []
     async with await open_connection("127.0.0.1", port_of(server), FAST) as conn:
         assert await conn.send(b"next") == b"ok"  # the listener is unaffected
@@ -194,8 +190,7 @@ async def test_idle_timeout_closes_idle_connections(start: Callable[..., Awaitab
     conn = await open_connection("127.0.0.1", port_of(server), FAST)
     assert await conn.send(b"x") == b"ACK:x"
     assert connection_count(server) == 1
-    await asyncio.sleep(0.5)
-    assert connection_count(server) == 0
+    await eventually(lambda: connection_count(server) == 0, timeout=5)
     with pytest.raises(PeerClosed):
         await conn.send(b"y")  # the EHR side hung up: reconnect-and-resend, not a timeout
     await conn.close()
@@ -220,13 +215,8 @@ async def test_handler_error_closes_that_connection_only(start: Callable[..., Aw
 
 
 async def test_connect_refused_is_connect_failed() -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with pytest.raises(ConnectFailed):
-        await open_connection("127.0.0.1", port, FAST)
+        await open_connection("127.0.0.1", free_port(), FAST)  # a port nobody listens on
 
 
 async def test_silent_peer_is_response_timeout_and_connection_closed(start: Callable[..., Awaitable[asyncio.Server]]) -> None:

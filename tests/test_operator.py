@@ -54,11 +54,8 @@ async def test_unmapped_provider_then_fix_then_reprocess(tmp_path: Path,
         assert received(tmp_path / "main.jsonl") == []
 
         family.write_text(original)  # the analyst adds the mapping; the engine reloads
-        for _ in range(100):
-            if eng.engine.config().fingerprint != "" and 4211 in \
-                    eng.engine.config().channel("family-medicine").maps.providers:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: "4211" in eng.engine.config().channel("family-medicine").maps.providers)
         for d in dead:
             assert await run_cli("reprocess", str(d["id"]), "--channels", str(channels),
                                  *store_args) == 0

@@ -14,6 +14,7 @@ from engine.delivery.policy import (
     classify,
 )
 from engine.hl7.ack import AckInfo, parse_ack
+from tests.conftest import SHARED
 
 SENT = "S12-20250314-000001"
 D, R, X, Z = Outcome.DELIVERED, Outcome.RETRY, Outcome.DEAD, Outcome.RESET
@@ -116,9 +117,7 @@ def test_decision_keeps_ehr_text_out_of_reason() -> None:
 
 
 def test_classify_shared_examples_end_to_end() -> None:
-    from pathlib import Path
-
-    ex = Path(__file__).resolve().parents[2] / "shared" / "hl7" / "examples"
+    ex = SHARED / "hl7" / "examples"
     if not ex.exists():
         pytest.skip("shared examples not present")
     cases = [("ack_aa_v251.hl7", SENT, D), ("ack_ae_v251.hl7", SENT, X),

@@ -21,6 +21,7 @@ from engine.sim.bookings import compact
 from engine.store.base import IncomingWebhook
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import REPO
+from tests.engine_harness import eventually
 from tests.fake_calcom import FakeCalcom, standard_fake
 
 KEY = "cal_test_key"
@@ -179,10 +180,7 @@ async def test_watermark_and_periodic_runner(env: Env) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(run_reconciler(env.api, env.store, 0.05, stop, env.metrics,
                                               source="default"))
-    for _ in range(200):
-        if env.metrics.reconcile_runs.labels("ok")._value.get() >= 2:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: env.metrics.reconcile_runs.labels("ok")._value.get() >= 2)
     stop.set()
     await task
     mark = await env.store.reconcile_watermark("default")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -17,8 +16,8 @@ from engine.appointments.model import (
 from engine.channels.config import Channel, Config, load_config
 from engine.channels.routing import OutboundMessage, route
 from engine.hl7.render import default_template
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 2, 20, 15, 42, 17, tzinfo=timezone.utc)
 A, B = "abHAVhYH1N5x7DhEZEAXYQ", "6dCMMeBGWbcivYYNjCcnDs"
 

@@ -16,8 +16,9 @@ from engine.mllp.client import MLLPConnection
 from engine.connection import ConnectionSettings
 from engine.sim.cli import policy_from_args, register
 from engine.sim.ehr import FieldRule, SimPolicy, field_value, run_sim, simulator_of, stop_sim
+from tests.conftest import SHARED
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "hl7" / "examples"
+EXAMPLES = SHARED / "hl7" / "examples"
 FALLBACK_S12 = (
     "MSH|^~\\&|CALCOM_HL7|ACME_CLINIC|LEGACY_EHR|ACME_CLINIC|20250314093015-0500||SIU^S12^SIU_S12|"
     "S12-20250314-000001|P|2.5.1\rSCH|9dKq2xVbT4mLp7RsW1aZcE^CALCOM|9dKq2xVbT4mLp7RsW1aZcE^CALCOM\r"

@@ -68,6 +68,12 @@ async def test_migrations_from_three_nodes_at_once(schema_url: str) -> None:
         again = PostgresStore(schema_url)  # a restart finds nothing left to do
         await again.open()
         stores[2] = again
+        conn = await asyncpg.connect(schema_url)
+        try:
+            assert [r[0] for r in await conn.fetch(
+                "SELECT version FROM schema_migrations ORDER BY version")] == versions
+        finally:
+            await conn.close()
     finally:
         await asyncio.gather(*(s.close() for s in stores))
 
