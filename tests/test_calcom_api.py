@@ -152,3 +152,17 @@ async def test_pagination_and_filters(fake: FakeCalcom) -> None:
         assert not last.pagination.hasNextPage and len(last.data) == 1
         one = await api.list_bookings({"attendeeEmail": "ehr-block+3@ehr-blocks.invalid"})
         assert len(one.data) == 1
+
+
+async def test_an_unreadable_booking_names_the_field_not_the_patient(fake: FakeCalcom) -> None:
+    async with CalcomApi(KEY, fake.base_url, rate_per_minute=6000) as api:
+        booking = await api.create_booking(_body(_slot(), email="ada.testpatient@example.com"))
+        fake.bookings[booking.uid].status = None  # type: ignore[assignment]  # Cal.com changed
+        with pytest.raises(CalcomUnavailable) as info:
+            await api.list_bookings({"take": 10})
+        with pytest.raises(CalcomUnavailable) as single:
+            await api.get_booking(booking.uid)
+    for exc in (info.value, single.value):
+        assert "status" in str(exc) and "unreadable response" in str(exc)
+        assert "testpatient" not in str(exc) and "example.com" not in str(exc)
+        assert exc.__cause__ is None and exc.__suppress_context__

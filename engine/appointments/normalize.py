@@ -56,7 +56,7 @@ from engine.appointments.state import (
     status_rank,
 )
 from engine.calcom.check import NO_SHOW_TRIGGER, check_object, parse_body
-from engine.calcom.models import BookingPayload, BookingWebhook, NoShowWebhook
+from engine.calcom.models import BookingPayload, BookingWebhook, NoShowWebhook, error_path
 
 Disposition = Literal["event", "ignored", "quarantined", "no_change"]
 Lookup = Callable[[str], AppointmentState | None]
@@ -116,7 +116,7 @@ def _booking(obj: Any, trigger: str, source: str, received_at: datetime, lookup:
     try:
         hook = BookingWebhook.model_validate(obj)
     except ValidationError as exc:
-        return Normalization("quarantined", reason=_error_path(exc))
+        return Normalization("quarantined", reason=error_path(exc))
     p = hook.payload
     status = _TRIGGER_STATUS.get(trigger) or (p.status or "").upper()
     if not status:
@@ -297,15 +297,6 @@ def _same_details(a: AppointmentEvent, b: AppointmentEvent | None) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
-def _error_path(exc: ValidationError) -> str:
-    """`payload.attendees[0].email: string_type`: the path and the error type, never the input."""
-    err = exc.errors(include_url=False, include_input=False)[0]
-    path = ""
-    for part in err["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return f"{path or 'body'}: {err['type']}"
-
-
 # --- no-show ------------------------------------------------------------------------------
 
 
@@ -313,7 +304,7 @@ def _no_show(obj: Any, trigger: str, source: str, received_at: datetime, lookup:
     try:
         hook = NoShowWebhook.model_validate(obj)
     except ValidationError as exc:
-        return Normalization("quarantined", reason=_error_path(exc))
+        return Normalization("quarantined", reason=error_path(exc))
     uid = hook.payload.bookingUid
     held = lookup(uid)
     if held is None or held.last_event is None:

@@ -26,12 +26,15 @@ import random
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from engine.calcom.models import ApiBooking, ApiBookingListResponse
+from engine.calcom.models import ApiBooking, ApiBookingListResponse, error_path
 from engine.metrics import Metrics
+
+M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger("calhl7.calcom.api")
 
@@ -241,13 +244,13 @@ class CalcomApi:
     async def create_booking(self, body: dict[str, Any]) -> ApiBooking:
         doc = await self._request("bookings.create", "POST", "/v2/bookings", BOOKINGS_VERSION,
                                   json=body)
-        return ApiBooking.model_validate(_one(doc))
+        return _read(ApiBooking, _one(doc), "bookings.create", maybe_applied=True)
 
     async def reschedule_booking(self, uid: str, body: dict[str, Any]) -> ApiBooking:
         doc = await self._request("bookings.reschedule", "POST",
                                   f"/v2/bookings/{_seg(uid)}/reschedule", BOOKINGS_VERSION,
                                   json=body)
-        return ApiBooking.model_validate(_one(doc))
+        return _read(ApiBooking, _one(doc), "bookings.reschedule", maybe_applied=True)
 
     async def cancel_booking(self, uid: str, reason: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {}
@@ -261,12 +264,12 @@ class CalcomApi:
     async def get_booking(self, uid: str) -> ApiBooking:
         doc = await self._request("bookings.get", "GET", f"/v2/bookings/{_seg(uid)}",
                                   BOOKINGS_VERSION)
-        return ApiBooking.model_validate(_one(doc))
+        return _read(ApiBooking, _one(doc), "bookings.get")
 
     async def list_bookings(self, params: Mapping[str, str | int]) -> ApiBookingListResponse:
         doc = await self._request("bookings.list", "GET", "/v2/bookings", BOOKINGS_VERSION,
                                   params={k: str(v) for k, v in params.items()})
-        return ApiBookingListResponse.model_validate(doc)
+        return _read(ApiBookingListResponse, doc, "bookings.list")
 
     async def get_event_type(self, event_type_id: int) -> dict[str, Any]:
         doc = await self._request("event_types.get", "GET", f"/v2/event-types/{int(event_type_id)}",
@@ -355,6 +358,16 @@ class CalcomApi:
     def _count(self, endpoint: str, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.calcom_calls.labels(endpoint, outcome).inc()
+
+
+def _read(model: type[M], doc: Any, endpoint: str, maybe_applied: bool = False) -> M:
+    """A response in our model, or CalcomUnavailable naming the field path only: pydantic's
+    own message quotes the input, which would put a booking's patient data in a log line."""
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise CalcomUnavailable(endpoint, None, f"unreadable response: {error_path(exc)}",
+                                maybe_applied=maybe_applied) from None
 
 
 def _one(doc: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 CalTime = AwareDatetime  # `Z`, `+00:00` and `.000Z` all parse; a naive time is an error
 
@@ -281,3 +281,13 @@ class ApiBookingListResponse(CalModel):
     status: str
     data: list[ApiBooking]
     pagination: Pagination
+
+
+def error_path(exc: ValidationError) -> str:
+    """`payload.attendees[0].email: string_type`: the path and the error type, never the input
+    (pydantic's own message quotes the input, which is patient data)."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    path = ""
+    for part in err["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return f"{path or 'body'}: {err['type']}"
