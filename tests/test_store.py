@@ -418,3 +418,17 @@ async def test_reprocess_while_in_flight_fences_the_old_send(store) -> None:
     assert (await store.message(old.id))["status"] == "queued"  # the late ACK did not count
     (new,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)
     assert new.control_id == "A1-fixed" and new.fence > old.fence
+
+
+async def test_a_lone_surrogate_in_the_lookup_columns_is_stored(store) -> None:
+    # valid JSON, not UTF-8: it reaches intake from HTTP and from reconciliation alike
+    from engine.calcom.check import check_webhook
+
+    body = b'{"triggerEvent":"BOOKING_CANCELLED","payload":{"uid":"\\ud800x"}}'
+    check = check_webhook(body, "application/json")
+    assert check.booking_uid == "\ud800x"
+    incoming = IncomingWebhook.from_check("default", body, "application/json", check, "c1")
+    result = await store.accept_webhook(incoming)
+    (kept,) = await store.events(base.QUARANTINED, 10)
+    assert kept.id == result.event_id and kept.body == body
+    assert kept.booking_uid == "?x"

@@ -50,7 +50,6 @@ from engine.calcom.api import CalcomApi, CalcomError
 from engine.calcom.check import check_webhook
 from engine.calcom.models import ApiBooking
 from engine.metrics import Metrics
-from engine.store import base
 from engine.store.base import IncomingWebhook
 
 log = logging.getLogger("calhl7.calcom.reconcile")
@@ -270,16 +269,9 @@ async def reconcile_once(
 
 
 async def _feed(store: Any, source: str, body: bytes) -> bool:
-    check = check_webhook(body, "application/json")
-    digest = hashlib.sha256(body).digest()
-    webhook = IncomingWebhook(
-        source=source, body=body, body_sha256=digest, content_type="application/json",
-        trigger=check.trigger, booking_uid=check.booking_uid, received_at=time.time(),
-        correlation_id="rc-" + digest.hex()[:13],
-        state={"accept": base.PENDING, "quarantine": base.QUARANTINED,
-               "ignore": base.IGNORED}[check.disposition],
-        reason=check.reason,
-    )
+    webhook = IncomingWebhook.from_check(
+        source, body, "application/json", check_webhook(body, "application/json"),
+        correlation_id="rc-" + hashlib.sha256(body).hexdigest()[:13])
     result = await store.accept_webhook(webhook)
     return not result.duplicate
 

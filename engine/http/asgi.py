@@ -8,7 +8,6 @@ framework) keeps the request path short: this endpoint is the one Cal.com hammer
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import logging
@@ -28,7 +27,6 @@ from engine.store.base import IncomingWebhook, Store
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_CHECK_TO_STATE = {"accept": base.PENDING, "quarantine": base.QUARANTINED, "ignore": base.IGNORED}
 _PROBE_OWNER = "readyz-probe"  # owns no lane: releasing its claims is a write that changes nothing
 
 log = logging.getLogger("calhl7.http")
@@ -122,19 +120,9 @@ class WebhookApp:
             await _json(send, 401, {"error": "missing or wrong X-Cal-Signature-256"})
             return
         check = check_webhook(body, headers.get("content-type"))
-        state = _CHECK_TO_STATE[check.disposition]
-        webhook = IncomingWebhook(
-            source=source,
-            body=body,
-            body_sha256=hashlib.sha256(body).digest(),
-            content_type=headers.get("content-type"),
-            trigger=_storable(check.trigger),
-            booking_uid=_storable(check.booking_uid),
-            received_at=time.time(),
-            correlation_id=os.urandom(8).hex(),
-            state=state,
-            reason=_storable(check.reason),
-        )
+        webhook = IncomingWebhook.from_check(source, body, headers.get("content-type"), check,
+                                             correlation_id=os.urandom(8).hex())
+        state = webhook.state
         try:
             result = await self.store.accept_webhook(webhook)
         except Exception as exc:  # noqa: BLE001 - not stored: Cal.com must see a failure
@@ -186,14 +174,6 @@ class WebhookApp:
             "channels_loaded": self.readiness.channels_loaded,
             "destinations": self.readiness.destinations,
         })
-
-
-def _storable(text: str | None) -> str | None:
-    """A lone surrogate (valid in JSON, not in UTF-8) must not make the insert fail: the body
-    itself is kept byte for byte; only these lookup columns are made encodable."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 # ---------------------------------------------------------------------- ASGI plumbing

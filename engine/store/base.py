@@ -12,10 +12,12 @@ Vocabulary:
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.store.inbound_records import (
     HeldBlock,
@@ -26,6 +28,9 @@ from engine.store.inbound_records import (
 )
 
 # received_events.state
+if TYPE_CHECKING:
+    from engine.calcom.check import WebhookCheck
+
 PENDING = "pending"  # accepted, not yet normalized
 PROCESSED = "processed"
 QUARANTINED = "quarantined"  # signed but unusable: kept raw for a fix and a reprocess
@@ -55,6 +60,30 @@ class IncomingWebhook:
     correlation_id: str
     state: str  # PENDING, QUARANTINED or IGNORED, decided by the request-path check
     reason: str | None = None
+
+    @classmethod
+    def from_check(cls, source: str, body: bytes, content_type: str | None,
+                   check: WebhookCheck, correlation_id: str) -> IncomingWebhook:
+        """What intake keeps of a signed body (from HTTP or from reconciliation): the bytes as
+        received, and the check's findings as lookup columns."""
+        return cls(
+            source=source, body=body, body_sha256=hashlib.sha256(body).digest(),
+            content_type=content_type, trigger=_storable(check.trigger),
+            booking_uid=_storable(check.booking_uid), received_at=time.time(),
+            correlation_id=correlation_id, state=_CHECK_TO_STATE[check.disposition],
+            reason=_storable(check.reason),
+        )
+
+
+_CHECK_TO_STATE = {"accept": PENDING, "quarantine": QUARANTINED, "ignore": IGNORED}
+
+
+def _storable(text: str | None) -> str | None:
+    """A lone surrogate (valid in JSON, not in UTF-8) must not make the insert fail: the body
+    itself is kept byte for byte; only these lookup columns are made encodable."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 @dataclass(frozen=True, slots=True)
