@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
@@ -391,8 +390,3 @@ class _Ctx:
     def set_held(self, held: HeldBlock) -> None:
         self.held = held
         self.changed = True
-
-
-def appointment_ref(channel: str, ehr_appointment_id: str) -> str:
-    """The opaque reference put in booking metadata (no EHR id in clear)."""
-    return hashlib.sha256(f"{channel}\0{ehr_appointment_id}".encode()).hexdigest()[:20]
