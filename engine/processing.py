@@ -78,6 +78,7 @@ class BatchResult:
 def process_batch(batch: Batch, config: Config, now: float | None = None) -> BatchResult:
     """The pure core over a batch: normalize, route, render. Later events of a batch see the
     states earlier ones produced. No I/O: the caller reads the inputs and commits the output."""
+    now = time.time() if now is None else now  # one time for the whole batch
     states = {uid: AppointmentState.from_dict(json.loads(s)) for uid, s in batch.states.items()}
     holding = set(batch.holding)
     results, outcomes = [], []
@@ -100,11 +101,10 @@ def _process_one(
     holding: set[tuple[str, str]],
     config: Config,
     echo_to: frozenset[str],
-    now: float | None,
+    now: float,
 ) -> tuple[ProcessedEvent, str, tuple[str, ...]]:
     """One event: its results, its outcome, and the booking uids whose state it wrote."""
     received_at = datetime.fromtimestamp(stored.received_at, UTC)
-    now = now if now is not None else time.time()
     try:
         n = normalize(stored.body, source=stored.source, received_at=received_at,
                       lookup=states.get)
