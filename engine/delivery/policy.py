@@ -6,7 +6,6 @@ capped exponential back-off with jitter. The delivery worker does the I/O.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.backoff import backoff_delay
 from engine.hl7.ack import AckInfo
 
 
@@ -120,21 +120,9 @@ def _safe_id(value: str | None) -> str:
 
 
 def backoff_seconds(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
-    """Delay before retry number `attempt` (1 = after the first failed send):
-    initial * multiplier**(attempt-1), capped at max_seconds, then +/- jitter (still <= cap)."""
-    n = max(1, attempt)
-    if policy.multiplier > 1.0 and policy.initial_seconds < policy.max_seconds:
-        # compare exponents, not values: multiplier**n overflows a float for large n
-        steps_to_cap = math.log(policy.max_seconds / policy.initial_seconds, policy.multiplier)
-        base = (
-            policy.max_seconds
-            if n - 1 >= steps_to_cap
-            else policy.initial_seconds * policy.multiplier ** (n - 1)
-        )
-    else:
-        base = min(policy.initial_seconds, policy.max_seconds)
-    delay = base * (1.0 + policy.jitter * (2.0 * rand() - 1.0))
-    return max(0.0, min(delay, policy.max_seconds))
+    """Delay before retry number `attempt` (1 = after the first failed send)."""
+    return backoff_delay(attempt, policy.initial_seconds, policy.max_seconds, policy.multiplier,
+                         policy.jitter, rand)
 
 
 def budget_exhausted(attempts: int, policy: RetryPolicy) -> bool:

@@ -25,6 +25,7 @@ from .errors import (
     ResponseTimeout,
 )
 from .framing import FrameReader, frame
+from engine.backoff import backoff_delay
 from engine.connection import ConnectionSettings
 from .tls import client_ssl_context
 
@@ -191,14 +192,8 @@ class Backoff:
     def peek(self, attempt: int | None = None) -> float:
         """Delay for `attempt` (1-based; default the next one) without advancing."""
         n = self.attempt + 1 if attempt is None else max(1, attempt)
-        base = self.initial
-        for _ in range(n - 1):  # loop, not pow: no float overflow for huge attempt counts
-            base *= self.multiplier
-            if base >= self.maximum:
-                base = self.maximum
-                break
-        delay = base * (1.0 + self.jitter * (2.0 * self._rand() - 1.0))
-        return max(0.0, min(delay, self.maximum))
+        return backoff_delay(n, self.initial, self.maximum, self.multiplier, self.jitter,
+                             self._rand)
 
     def next(self) -> float:
         delay = self.peek()
