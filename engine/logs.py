@@ -59,6 +59,10 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        if record.exc_info and not record.name.startswith("calhl7"):
+            # another library's error text (asyncio's "Task exception was never retrieved",
+            # say) goes on to quote the exception, which may hold patient data: first line only
+            line["event"] = line["event"].split("\n", 1)[0]
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 line[f"{key}_" if key in BASE_KEYS else key] = _plain(value)

@@ -3,6 +3,8 @@ keys, a correlation id that follows a booking from the webhook to the ACK, and n
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import json
 import logging
@@ -234,3 +236,27 @@ async def test_info_level_still_shows_each_ack(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert not [d for d in lines if d["level"] == "debug"]
     assert [d for d in lines if d["event"] == "message delivered" and d["correlation_id"] == cid]
+
+
+async def test_a_lost_task_exception_is_logged_without_its_message() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonLines())
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(handler)
+
+    async def fails() -> None:
+        raise ValueError("Ada Testpatient 1951-02-02")
+
+    try:
+        task = asyncio.get_running_loop().create_task(fails())
+        await asyncio.sleep(0)  # it runs and fails; nobody ever awaits it
+        assert task.done()
+        del task
+        gc.collect()  # asyncio reports the lost exception when the task goes away
+    finally:
+        asyncio_log.removeHandler(handler)
+    (line,) = (json.loads(x) for x in stream.getvalue().splitlines())
+    assert line["logger"] == "asyncio" and line["error_type"] == "ValueError"
+    assert line["event"] == "Task exception was never retrieved"
+    assert "Testpatient" not in stream.getvalue()
