@@ -432,3 +432,20 @@ async def test_a_lone_surrogate_in_the_lookup_columns_is_stored(store) -> None:
     (kept,) = await store.events(base.QUARANTINED, 10)
     assert kept.id == result.event_id and kept.body == body
     assert kept.booking_uid == "?x"
+
+
+async def test_an_attempt_is_logged_under_the_control_id_that_went_out(store) -> None:
+    r = await store.accept_webhook(webhook(b'{"sent-under":1}'))
+    await enqueue(store, r.event_id, message("A", "A1"))
+    now = time.time()
+    (sent,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
+    # an analyst reprocesses while the old bytes (MSH-10 A1) are on the wire
+    assert await store.replace_payload(sent.id, "A1-fixed", b"MSH|fixed", "analyst")
+    await store.record_attempts([AttemptRecord(sent.id, sent.lane_id, sent.fence, "delivered",
+                                               now + 1, control_id=sent.control_id)])
+    (new,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)
+    await store.record_attempts([AttemptRecord(new.id, new.lane_id, new.fence, "delivered",
+                                               now + 3, control_id=new.control_id)])
+    log = (await store.message(sent.id))["attempt_log"]
+    assert [(a["control_id"], a["outcome"]) for a in log] == [
+        ("A1", "delivered"), ("A1-fixed", "delivered")]

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from engine.aio import sleep_or_stop
 from engine.channels.config import Destination
@@ -253,7 +254,9 @@ class DestinationWorker:
     async def _record(
         self, outcomes: list[tuple[AttemptRecord, QueuedMessage]], dest: Destination
     ) -> None:
-        await self.store.record_attempts([record for record, _ in outcomes])
+        # each outcome under the MSH-10 that went out (a reprocess may have changed it since)
+        await self.store.record_attempts([replace(record, control_id=msg.control_id)
+                                          for record, msg in outcomes])
         for record, msg in outcomes:
             self._count_recorded(record, msg)
 

@@ -175,6 +175,9 @@ class AttemptRecord:
     detail: str | None = None
     next_attempt_at: float | None = None  # for retry
     hold_lane: bool = True  # for dead
+    # the MSH-10 that went out; None: the message's current one. An operator's reprocess can
+    # give the message a new MSH-10 while the old bytes are on the wire
+    control_id: str | None = None
 
 
 class Store(Protocol):

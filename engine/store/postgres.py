@@ -134,8 +134,9 @@ ORDER BY c.ready_at, c.id
 
 _RECORD = (
     "SELECT calhl7_record_attempt($1::bigint, $2::bigint, $3::bigint, $4::text, $5::float8,"
-    " $6::bytea, $7::text, $8::text, $9::float8, $10::bool)"
+    " $6::bytea, $7::text, $8::text, $9::float8, $10::bool, $11::text)"
 )
+
 
 class PostgresStore(PostgresInboundMixin):
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
@@ -416,7 +417,7 @@ class PostgresStore(PostgresInboundMixin):
             return
         rows = [
             (r.message_id, r.lane_id, r.fence, r.outcome, r.at, r.ack, pg_text(r.ack_code),
-             pg_text(r.detail), r.next_attempt_at or r.at, r.hold_lane)
+             pg_text(r.detail), r.next_attempt_at or r.at, r.hold_lane, pg_text(r.control_id))
             for r in sorted(records, key=lambda r: r.lane_id)
         ]
         for attempt in range(1, _TX_ATTEMPTS + 1):

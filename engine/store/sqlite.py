@@ -729,6 +729,7 @@ def _apply_attempt(conn: sqlite3.Connection, rec: AttemptRecord) -> tuple[Any, .
     if row is None:
         return None
     fence, head_id, control_id, appointment_id, destination, channel, mtype = row
+    control_id = rec.control_id or control_id  # the MSH-10 that went out
     conn.execute(
         "INSERT INTO attempts (message_id, at, control_id, outcome, ack_code, ack, detail)"
         " VALUES (?,?,?,?,?,?,?)",
