@@ -340,3 +340,26 @@ async def test_intake_survives_killed_sessions(schema_url: str) -> None:
         assert len(await store.pending_events(100)) == 21
     finally:
         await store.close()
+
+
+async def test_a_node_from_before_migration_3_can_still_record_an_attempt(schema_url: str) -> None:
+    store = PostgresStore(schema_url)
+    await store.open()
+    try:
+        r = await store.accept_webhook(webhook(b'{"old-node":1}'))
+        await enqueue(store, r.event_id, message("A", "A1"))
+        (m,) = await store.claim_lane_heads("ehr", 10, "n", 30, time.time())
+        conn = await asyncpg.connect(schema_url)
+        try:  # the 10-argument call such a node makes
+            await conn.execute(
+                "SELECT calhl7_record_attempt($1::bigint, $2::bigint, $3::bigint, $4::text,"
+                " $5::float8, $6::bytea, $7::text, $8::text, $9::float8, $10::bool)",
+                m.id, m.lane_id, m.fence, "delivered", time.time(), None, "AA", None,
+                time.time(), True)
+        finally:
+            await conn.close()
+        msg = await store.message(m.id)
+        assert msg["status"] == "acked"
+        assert [a["control_id"] for a in msg["attempt_log"]] == ["A1"]
+    finally:
+        await store.close()

@@ -1,7 +1,8 @@
 -- An attempt is recorded under the MSH-10 that went out (p_control_id), not the message's
 -- current one: an operator's reprocess can give the message a new MSH-10 while the old bytes
 -- are on the wire. Same as calhl7_record_attempt in 0001 otherwise; the 10-argument version
--- stays for nodes that still run the code before this migration (a rolling upgrade).
+-- becomes a call of this one, for nodes that still run the code before this migration (a
+-- rolling upgrade).
 
 CREATE FUNCTION calhl7_record_attempt(
     p_message BIGINT, p_lane BIGINT, p_fence BIGINT, p_outcome TEXT, p_at DOUBLE PRECISION,
@@ -57,4 +58,13 @@ BEGIN
                                    'ack_code', p_ack_code));
     END IF;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION calhl7_record_attempt(
+    p_message BIGINT, p_lane BIGINT, p_fence BIGINT, p_outcome TEXT, p_at DOUBLE PRECISION,
+    p_ack BYTEA, p_ack_code TEXT, p_detail TEXT, p_next_attempt_at DOUBLE PRECISION,
+    p_hold BOOLEAN
+) RETURNS VOID LANGUAGE sql AS $$
+    SELECT calhl7_record_attempt(p_message, p_lane, p_fence, p_outcome, p_at, p_ack,
+                                 p_ack_code, p_detail, p_next_attempt_at, p_hold, NULL::text);
 $$;
