@@ -84,7 +84,7 @@ class Engine:
         self._pool: ProcessPoolExecutor | None = None
         self.processor = Processor(
             self.store, self.config, self.metrics, self._wake_destinations,
-            echo_destinations=lambda channel: self.inbound_config().echo_destinations(channel),
+            echo_map=lambda: self.inbound_config().echo_map(),
             node_id=settings.node_id,
         )
         self.http_port: int | None = None
@@ -215,7 +215,11 @@ class Engine:
             if release is not None:  # single node: what was in flight at a crash goes again
                 await release()
         if self.settings.processing_processes > 0:
-            self._pool = ProcessPoolExecutor(self.settings.processing_processes,
+            if self.settings.processing_processes > 1:
+                log.warning("one processing helper process is used: each batch builds on the"
+                            " one before, and the helper keeps its place between them",
+                            extra={"asked": self.settings.processing_processes})
+            self._pool = ProcessPoolExecutor(1,
                                              mp_context=multiprocessing.get_context("spawn"),
                                              initializer=helper_process_init)
             self.processor.pool = self._pool

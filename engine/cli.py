@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CALHL7_CALCOM_API_KEY)")
     p.add_argument("--processing-processes", type=int,
                    default=int(_env("PROCESSING_PROCESSES", "1")),
-                   help="helper processes for normalize/route/render (0: in the engine)")
+                   help="1: normalize/route/render in a helper process (0: in the engine;"
+                        " more than 1 is used as 1)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     p.set_defaults(func=_serve)
 

@@ -5,6 +5,12 @@ batch reads the appointment states it needs, applies the pure core event by even
 events in a batch see the states earlier ones produced), and commits the event marks, the new
 states, the rendered messages and the audit entries in one transaction. A crash before that
 commit leaves the events pending; nothing is half done.
+
+With a helper process (the default) the pure core runs there, and on SQLite the helper also
+reads its batches on its own connection: the engine's event loop only commits. The helper
+keeps its place and the results whose commit has not landed yet, so the engine asks for the
+next batch while the last one commits; a commit that does not land as computed starts the
+pipeline over (a new generation), and whatever was computed on top of it is thrown away.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +38,14 @@ from engine.hl7.controlid import new_control_id
 from engine.metrics import Metrics
 from engine.store import base
 from engine.inbound.echo import echo_origin, echo_uids, webhook_payload
-from engine.store.base import AuditEntry, NewMessage, ProcessedEvent, Store, StoredEvent
+from engine.store.base import (
+    AuditEntry,
+    BatchReader,
+    NewMessage,
+    ProcessedEvent,
+    Store,
+    StoredEvent,
+)
 
 log = logging.getLogger("calhl7.processing")
 
@@ -73,6 +87,38 @@ class BatchResult:
     # states by booking uid, and which (destination, appointment) got an S12
     states: dict[str, str] = field(default_factory=dict)
     holding: frozenset[tuple[str, str]] = frozenset()
+
+
+# the reads a batch needs, in order; each answer decides what the next one asks
+Lookup = tuple[str, list[str]]  # ("states" | "holding" | "origins", keys)
+
+
+def gather_inputs(
+    events: Sequence[StoredEvent],
+    overlay_states: Mapping[str, str],
+    overlay_holding: AbstractSet[tuple[str, str]],
+    echo_destinations: Callable[[str], frozenset[str]],
+    with_origins: bool = True,
+) -> Generator[Lookup, Any, Batch]:
+    """A batch's inputs, without I/O: yields each lookup it needs and is sent the answer, so
+    the engine (awaiting the store) and a helper process (on its own connection) run the
+    same steps. The overlay is what the commit in flight will write."""
+    payloads = {e.id: webhook_payload(e.body) for e in events}  # parsed once, used thrice
+    uids = [u for e in events for u in _uids_of(payloads[e.id])]
+    states: dict[str, str] = (yield ("states", uids)) if uids else {}
+    states.update({u: overlay_states[u] for u in uids if u in overlay_states})
+    appointments = list({json.loads(s)["appointment_id"] for s in states.values()})
+    holding: set[tuple[str, str]] = (yield ("holding", appointments)) if appointments else set()
+    holding |= overlay_holding
+    echo: dict[int, frozenset[str]] = {}
+    if with_origins:
+        echo_keys = [u for e in events for u in echo_uids(payloads[e.id]) if _encodable(u)]
+        origins = (yield ("origins", echo_keys)) if echo_keys else {}
+        for e in events:
+            channel = echo_origin(payloads[e.id], origins)
+            if channel is not None:
+                echo[e.id] = echo_destinations(channel)
+    return Batch(tuple(events), states, frozenset(holding), echo)
 
 
 def process_batch(batch: Batch, config: Config, now: float | None = None) -> BatchResult:
@@ -207,6 +253,81 @@ class ConfigMismatch(RuntimeError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class HelperRead:
+    """A request for the helper's next batch (picklable). The helper keeps its own place in
+    the pending events and the results not yet known to be committed; a new `generation`
+    makes it start over from what the store holds."""
+
+    generation: int
+    limit: int
+    landed_through: int  # the engine's commits have landed up to this event id
+    echo_destinations: dict[str, frozenset[str]]  # inbound channel -> destinations
+
+
+@dataclass(frozen=True, slots=True)
+class HelperBatch:
+    """The helper's answer: which events it read (id, correlation id) and their results."""
+
+    generation: int
+    events: tuple[tuple[int, str], ...]
+    result: BatchResult
+
+
+@dataclass
+class _HelperPlace:
+    """In the helper: where its reading stands, and what the engine may not have committed
+    yet (by the last event id of each batch), which later batches must see."""
+
+    generation: int
+    last_id: int = 0
+    unlanded: list[tuple[int, dict[str, str], frozenset[tuple[str, str]]]] = field(
+        default_factory=list)
+
+
+_HELPER_PLACE: list[_HelperPlace] = []  # a helper process serves one engine
+
+
+def _read_and_process_in_worker(reader: BatchReader, channels_dir: str, fingerprint: str,
+                                request: HelperRead) -> HelperBatch:
+    """Runs in the helper process: reads the next batch on its own store connection and
+    processes it; the engine only commits. Bodies never cross the process boundary, and the
+    engine can ask for the next batch before this one's commit has landed."""
+    if not _HELPER_PLACE or _HELPER_PLACE[0].generation != request.generation:
+        _HELPER_PLACE[:] = [_HelperPlace(request.generation)]
+    place = _HELPER_PLACE[0]
+    place.unlanded = [u for u in place.unlanded if u[0] > request.landed_through]
+    overlay_states: dict[str, str] = {}
+    overlay_holding: set[tuple[str, str]] = set()
+    for _, states, holding in place.unlanded:  # oldest first: later batches win
+        overlay_states.update(states)
+        overlay_holding |= holding
+
+    def read(r: BatchReader) -> Batch | None:
+        events = r.pending_events(request.limit, place.last_id)
+        if not events:
+            return None
+        steps = gather_inputs(events, overlay_states, overlay_holding,
+                              lambda ch: request.echo_destinations.get(ch, frozenset()))
+        reads = {"states": r.appointment_states, "holding": r.destinations_holding,
+                 "origins": r.inbound_origins}
+        try:
+            what, keys = next(steps)
+            while True:
+                what, keys = steps.send(reads[what](keys))
+        except StopIteration as done:
+            return done.value
+
+    batch = reader.read(read)
+    if batch is None:
+        return HelperBatch(request.generation, (), BatchResult((), ()))
+    result = _process_in_worker(channels_dir, fingerprint, batch)
+    place.last_id = batch.events[-1].id
+    place.unlanded.append((place.last_id, result.states, result.holding))
+    return HelperBatch(request.generation,
+                       tuple((e.id, e.correlation_id) for e in batch.events), result)
+
+
 def warm_helper(channels_dir: str, fingerprint: str) -> bool:
     """Start-up: the helper imports everything and loads the channels before the first
     webhook arrives, not while it waits."""
@@ -241,7 +362,7 @@ class Processor:
         on_enqueued: Callable[[set[str]], None] = lambda destinations: None,
         batch_size: int = 128,
         pool: Executor | None = None,
-        echo_destinations: Callable[[str], frozenset[str]] = lambda channel: frozenset(),
+        echo_map: Callable[[], Mapping[str, frozenset[str]]] = dict,
         node_id: str = "local",
     ) -> None:
         self.store = store
@@ -250,7 +371,9 @@ class Processor:
         self.on_enqueued = on_enqueued
         self.batch_size = batch_size
         self.pool = pool
-        self.echo_destinations = echo_destinations
+        self.echo_map = echo_map  # a getter: inbound channel -> destinations that are its EHR
+        # set: the helper reads its batches itself on this (see _from_helper)
+        self.batch_reader: BatchReader | None = getattr(store, "batch_reader", lambda: None)()
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.helper_batches = 0  # batches the helper process did (the rest ran here)
@@ -260,9 +383,15 @@ class Processor:
         self._last_intake = 0.0
         # the pipeline: the commit in flight, and what it writes (seen by the next batch)
         self._inflight: asyncio.Task[bool] | None = None
+        self._inflight_last_id = 0
+        self._landed_through = 0  # the last event id of the last batch whose commit landed
         self._last_id = 0
         self._overlay_states: dict[str, str] = {}
         self._overlay_holding: set[tuple[str, str]] = set()
+        # with a helper that reads: its next batch, asked for while the last one commits, and
+        # the pipeline's generation (a reset makes the helper start over; older answers void)
+        self._ahead: asyncio.Future[HelperBatch] | None = None
+        self._generation = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -283,6 +412,9 @@ class Processor:
                 except TimeoutError:
                     pass
         await self._settle_pipeline()
+        if self._ahead is not None:  # asked for, never to be used
+            self._ahead.cancel()
+            self._ahead = None
 
     def note_intake(self) -> None:
         """A webhook was accepted: process it soon, and keep batches small meanwhile."""
@@ -303,21 +435,55 @@ class Processor:
     async def _step(self) -> int:
         """One batch, pipelined: its pure-core work overlaps the commit of the batch before,
         whose results it sees through an overlay until that commit has landed."""
-        events = await self.store.pending_events(self._batch_size(), after_id=self._last_id)
-        if not events:
+        got = await self._from_helper()
+        if got is None:  # no helper, or a store it cannot read: read here
+            events = await self.store.pending_events(self._batch_size(), after_id=self._last_id)
+            if events:
+                got = (tuple((e.id, e.correlation_id) for e in events),
+                       await self._compute(await self._read_inputs(events)))
+        if not got or not got[0]:
             await self._settle_pipeline()
             return 0
-        batch = await self._read_inputs(events)
-        result = await self._compute(batch)
+        refs, result = got
+        if self._ahead is None and self.pool is not None and self.batch_reader is not None:
+            self._ahead = self._ask_helper()  # the next batch is computed while this commits
         if not await self._finish_inflight():
             # the batch before did not land as computed (another node took over, or an event
             # was quarantined at commit): what we computed on top of it is void; redo
             self._reset_pipeline()
             return 0
         self._overlay_states, self._overlay_holding = result.states, set(result.holding)
-        self._inflight = asyncio.create_task(self._commit(events, result))
-        self._last_id = events[-1].id
-        return len(events)
+        self._inflight = asyncio.create_task(self._commit(refs, result))
+        self._inflight_last_id = self._last_id = refs[-1][0]
+        return len(refs)
+
+    def _ask_helper(self) -> asyncio.Future[HelperBatch]:
+        config = self.config()
+        request = HelperRead(self._generation, self._batch_size(), self._landed_through,
+                             dict(self.echo_map()))
+        return asyncio.get_running_loop().run_in_executor(
+            self.pool, _read_and_process_in_worker, self.batch_reader, str(config.directory),
+            config.fingerprint, request)
+
+    async def _from_helper(self) -> tuple[tuple[tuple[int, str], ...], BatchResult] | None:
+        """The helper reads the batch on its own connection and processes it: the engine's
+        event loop only commits. None: no helper here, or it failed (then read here)."""
+        if self.pool is None or self.batch_reader is None:
+            return None
+        while True:
+            asked, self._ahead = self._ahead or self._ask_helper(), None
+            try:
+                answer = await asked
+            except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
+                log.warning("processing helper unavailable; processing in the engine",
+                            extra={"error": type(exc).__name__})
+                self._generation += 1  # it starts over next time
+                return None
+            if answer.generation == self._generation:
+                break
+            # asked before the pipeline was reset: computed on results that did not land
+        self.helper_batches += 1
+        return answer.events, answer.result
 
     async def _compute(self, batch: Batch) -> BatchResult:
         config = self.config()
@@ -333,7 +499,7 @@ class Processor:
                             extra={"error": type(exc).__name__})
         return process_batch(batch, config)
 
-    async def _commit(self, events: list[StoredEvent], result: BatchResult) -> bool:
+    async def _commit(self, events: tuple[tuple[int, str], ...], result: BatchResult) -> bool:
         """True when the batch landed exactly as computed."""
         landed = True
         try:
@@ -356,17 +522,21 @@ class Processor:
         if task is None:
             return True
         try:
-            return await task
+            landed = await task
         except Exception as exc:  # noqa: BLE001
             log.error("processing commit failed", extra={"error": type(exc).__name__})
             return False
+        if landed:
+            self._landed_through = self._inflight_last_id
+        return landed
 
     async def _settle_pipeline(self) -> None:
         await self._finish_inflight()
         self._reset_pipeline()
 
     def _reset_pipeline(self) -> None:
-        self._last_id = 0
+        self._last_id = self._landed_through = 0
+        self._generation += 1
         self._overlay_states, self._overlay_holding = {}, set()
 
     async def _commit_one_by_one(self, result: BatchResult) -> BatchResult:
@@ -388,28 +558,24 @@ class Processor:
         return BatchResult(tuple(results), tuple(outcomes))
 
     async def _read_inputs(self, events: list[StoredEvent]) -> Batch:
-        payloads = {e.id: webhook_payload(e.body) for e in events}  # parsed once, used thrice
-        uids = [u for e in events for u in _uids_of(payloads[e.id])]
-        states = await self.store.appointment_states(uids) if uids else {}
-        states.update({u: self._overlay_states[u] for u in uids if u in self._overlay_states})
-        appointments = list({json.loads(s)["appointment_id"] for s in states.values()})
-        holding = await self.store.destinations_holding(appointments) if appointments else set()
-        holding |= self._overlay_holding
-        echo: dict[int, frozenset[str]] = {}
-        origins_of = getattr(self.store, "inbound_origins", None)
-        if origins_of is not None:
-            echo_keys = [u for e in events for u in echo_uids(payloads[e.id]) if _encodable(u)]
-            origins = await origins_of(echo_keys) if echo_keys else {}
-            for e in events:
-                channel = echo_origin(payloads[e.id], origins)
-                if channel is not None:
-                    echo[e.id] = self.echo_destinations(channel)
-        return Batch(tuple(events), states, frozenset(holding), echo)
+        reads = {"states": self.store.appointment_states,
+                 "holding": self.store.destinations_holding,
+                 "origins": getattr(self.store, "inbound_origins", None)}
+        echo_map = self.echo_map()
+        steps = gather_inputs(events, self._overlay_states, self._overlay_holding,
+                              lambda channel: echo_map.get(channel, frozenset()),
+                              with_origins=reads["origins"] is not None)
+        try:
+            what, keys = next(steps)
+            while True:
+                what, keys = steps.send(await reads[what](keys))  # type: ignore[misc]
+        except StopIteration as done:
+            return done.value
 
-    def _count(self, events: list[StoredEvent], result: BatchResult) -> None:
+    def _count(self, events: tuple[tuple[int, str], ...], result: BatchResult) -> None:
         """Metrics counted per label set, not per event (one labels() lookup each), and the
-        log lines of each event."""
-        by_id = {e.id: e for e in events}
+        log lines of each event (`events`: id and correlation id)."""
+        correlation = dict(events)
         outcomes = Counter(result.outcomes)
         queued = Counter((m.channel, m.destination, m.message_type)
                          for r in result.results for m in r.messages)
@@ -422,16 +588,16 @@ class Processor:
         for labels, n in dead.items():  # unmapped code, render failure: dead from the start
             self.metrics.messages.labels(*labels).inc(n)
         for r in result.results:
-            _log_processed(by_id[r.event_id], r)
+            _log_processed(correlation[r.event_id], r)
 
 
-def _log_processed(e: StoredEvent, r: ProcessedEvent) -> None:
+def _log_processed(correlation_id: str, r: ProcessedEvent) -> None:
     """One debug line per event and per queued message, a warning for what needs an analyst;
     ids, codes and PHI-free reasons only (a quarantine reason is a field path)."""
     debug = log.isEnabledFor(logging.DEBUG)
     if not debug and r.state != base.QUARANTINED and all(m.error is None for m in r.messages):
         return  # nothing to say at this level: build no log records
-    ids = {"event_id": e.id, "correlation_id": e.correlation_id}
+    ids = {"event_id": r.event_id, "correlation_id": correlation_id}
     if r.state == base.QUARANTINED:
         log.warning("event quarantined", extra={**ids, "reason": r.reason})
     for m in r.messages:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from engine.sim.bookings import StoryTeller, compact, sign
 from tests.conftest import SHARED
@@ -162,17 +163,20 @@ async def test_pure_core_runs_in_a_helper_process(tmp_path: Path) -> None:
         assert eng.engine.processor.helper_batches > 0  # not the in-engine fallback
 
 
+@pytest.mark.parametrize("helpers", [0, 1])
 async def test_a_poison_event_is_quarantined_and_the_rest_flow(tmp_path: Path,
-                                                               store_url: str | None) -> None:
+                                                               store_url: str | None,
+                                                               helpers: int) -> None:
     """A lone surrogate is valid JSON but not UTF-8: it must neither lose the webhook (5xx)
-    nor stop the events behind it."""
+    nor stop the events behind it (with a helper process: its pipeline starts over)."""
     teller = StoryTeller(seed=13)
     _, poison = teller.created()
     raw = compact(poison).decode()
     first = poison["payload"]["attendees"][0]["firstName"]
     body = raw.replace(json.dumps(first, ensure_ascii=False), '"Zo\\ud800e"', 1)
     body = body.replace(poison["payload"]["uid"], poison["payload"]["uid"] + "\\udfff", 1)
-    async with running_engine(tmp_path, store_url=store_url) as eng:
+    async with running_engine(tmp_path, store_url=store_url,
+                              processing_processes=helpers) as eng:
         r = await eng.post(body.encode())
         assert r.status_code in (200, 202), r.text
         healthy = [teller.created()[1] for _ in range(3)]

@@ -4,17 +4,42 @@ still committing, so it must see that batch's results before they land."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
 
 from engine.channels.config import load_config
 from engine.metrics import Metrics
-from engine.processing import Batch, Processor, process_batch
+from engine.processing import Batch, Processor, helper_process_init, process_batch
 from engine.sim.bookings import StoryTeller, compact
 from tests.conftest import REPO
 from tests.engine_harness import eventually
 from tests.test_store import webhook
 
 
+@pytest.fixture(scope="module")
+def helper_pool() -> Iterator[ProcessPoolExecutor]:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=helper_process_init) as pool:
+        yield pool
+
+
 async def test_batches_of_one_queue_what_one_batch_queues(store) -> None:
+    await _batches_of_one(store, None)
+
+
+async def test_through_the_helper_too(store, helper_pool: ProcessPoolExecutor) -> None:
+    """On SQLite the helper reads its batches itself and is asked for the next one before
+    the last one's commit has landed: it must see the results it has not seen committed."""
+    processor = await _batches_of_one(store, helper_pool)
+    assert processor.helper_batches > 0
+    assert (processor.batch_reader is not None) == (type(store).__name__ == "SQLiteStore")
+
+
+async def _batches_of_one(store, pool: ProcessPoolExecutor | None) -> Processor:  # noqa: ANN001
     config = load_config(REPO / "channels")
     teller = StoryTeller(seed=5)
     for _ in range(15):  # new, reschedule, cancel, no-show: each change needs the one before
@@ -27,7 +52,7 @@ async def test_batches_of_one_queue_what_one_batch_queues(store) -> None:
     assert len({appointment for _, appointment, _ in wanted}) > 5
     assert {"SIU^S12", "SIU^S15"} <= {mtype for *_, mtype in wanted}
 
-    processor = Processor(store, lambda: config, Metrics(), batch_size=1)
+    processor = Processor(store, lambda: config, Metrics(), batch_size=1, pool=pool)
     stop = asyncio.Event()
     running = asyncio.create_task(processor.run(stop))
     try:
@@ -40,7 +65,51 @@ async def test_batches_of_one_queue_what_one_batch_queues(store) -> None:
     while (m := await store.message(len(queued) + 1)) is not None:
         queued.append((m["destination"], m["appointment_id"], m["message_type"]))
     assert queued == wanted
+    return processor
 
 
 async def _nothing_pending(store) -> bool:  # noqa: ANN001
     return await store.pending_events(1) == []
+
+
+async def test_a_batch_that_does_not_land_voids_what_was_computed_on_it(
+        tmp_path, helper_pool: ProcessPoolExecutor) -> None:  # noqa: ANN001
+    """A commit that fails (here a real SQLite trigger refuses one booking) quarantines its
+    event; the helper's next batch, already computed on top of it, must be thrown away and
+    computed again: the result is what the engine alone produces."""
+    from engine.store.sqlite import SQLiteStore
+
+    config = load_config(REPO / "channels")
+    outcomes = []
+    for pool in (None, helper_pool):
+        path = tmp_path / f"helper-{pool is not None}.sqlite3"
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            teller = StoryTeller(seed=21)
+            stories = [teller.story() for _ in range(8)]
+            refused = next(s for s in stories if len(s.webhooks) >= 3).appointment_uid
+            with sqlite3.connect(path) as db:
+                db.execute("CREATE TRIGGER refuse BEFORE INSERT ON booking_uids"
+                           f" WHEN NEW.uid = '{refused}'"
+                           " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+            for story in stories:
+                for hook in story.webhooks:
+                    await store.accept_webhook(webhook(compact(hook)))
+            processor = Processor(store, lambda: config, Metrics(), batch_size=1, pool=pool)
+            stop = asyncio.Event()
+            running = asyncio.create_task(processor.run(stop))
+            try:
+                await eventually(lambda: _nothing_pending(store))
+            finally:
+                stop.set()
+                await running
+            quarantined = [e.id for e in await store.events("quarantined", 100)]
+            queued = []
+            while (m := await store.message(len(queued) + 1)) is not None:
+                queued.append((m["destination"], m["appointment_id"], m["message_type"]))
+            outcomes.append((quarantined, queued))
+        finally:
+            await store.close()
+    assert outcomes[0][0], "the trigger refused nothing: the test tests nothing"
+    assert outcomes[1] == outcomes[0]

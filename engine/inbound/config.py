@@ -135,6 +135,10 @@ class InboundConfig:
         ch = self.channels.get(channel)
         return frozenset(ch.echo_destinations) if ch else frozenset()
 
+    def echo_map(self) -> dict[str, frozenset[str]]:
+        """Every channel's echo destinations (what a processing helper process is handed)."""
+        return {name: frozenset(ch.echo_destinations) for name, ch in self.channels.items()}
+
 
 def empty_config(own_applications: Iterable[str] = DEFAULT_OWN_APPLICATIONS) -> InboundConfig:
     return InboundConfig(MappingProxyType({}), frozenset(own_applications), MappingProxyType({}))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from engine.store.inbound_records import (
     HeldBlock,
@@ -180,6 +180,22 @@ class AttemptRecord:
     control_id: str | None = None
 
 
+_T = TypeVar("_T")
+
+
+class BatchReader(Protocol):
+    """The processing reads, synchronous, on a helper process's own connection to the store.
+    Picklable: it is sent to the helper, which connects on first use."""
+
+    def read(self, fn: Callable[[BatchReader], _T]) -> _T:
+        """`fn(self)`, its reads in one snapshot."""
+        ...
+    def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]: ...
+    def appointment_states(self, uids: list[str]) -> dict[str, str]: ...
+    def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]: ...
+    def inbound_origins(self, uids: list[str]) -> dict[str, str]: ...
+
+
 class Store(Protocol):
     """One interface, two implementations (SQLite, PostgreSQL); see tests/test_store.py."""
 
@@ -200,6 +216,9 @@ class Store(Protocol):
         """(destination, appointment id) pairs that were ever queued an S12."""
         ...
     async def commit_processed(self, results: list[ProcessedEvent]) -> None: ...
+    def batch_reader(self) -> BatchReader | None:
+        """The processing reads for a helper process, or None (the engine reads them)."""
+        ...
 
     # -- delivery --
     async def claim_lane_heads(

@@ -344,6 +344,9 @@ class PostgresStore(PostgresInboundMixin):
         )
         return {(r["destination"], wanted[r["appointment_id"]]) for r in rows}
 
+    def batch_reader(self) -> None:
+        return None  # the engine reads: a helper would need a connection pool of its own
+
     async def commit_processed(self, results: list[ProcessedEvent]) -> None:
         if not results:
             return

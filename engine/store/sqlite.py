@@ -30,7 +30,7 @@ from engine.store.base import (
 )
 from engine.store.migrations import load_migrations
 from engine.store.sqlite_common import AUDIT_INSERT, audit_operator
-from engine.store.sqlite_inbound import SQLiteInboundMixin
+from engine.store.sqlite_inbound import SQLiteInboundMixin, _inbound_origins
 
 T = TypeVar("T")
 _MIN_SQLITE = (3, 38, 0)
@@ -202,32 +202,13 @@ class SQLiteStore(SQLiteInboundMixin):
         return await self._call(lambda c: _events(c, state, limit))
 
     async def appointment_states(self, uids: list[str]) -> dict[str, str]:
-        def fn(conn: sqlite3.Connection) -> dict[str, str]:
-            out: dict[str, str] = {}
-            for uid in set(uids):
-                row = conn.execute(
-                    "SELECT a.state FROM booking_uids b JOIN appointments a"
-                    " ON a.appointment_id = b.appointment_id WHERE b.uid = ?",
-                    (uid,),
-                ).fetchone()
-                if row:
-                    out[uid] = row[0]
-            return out
-
-        return await self._read(fn)
+        return await self._read(lambda c: _appointment_states(c, uids))
 
     async def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]:
-        def fn(conn: sqlite3.Connection) -> set[tuple[str, str]]:
-            out: set[tuple[str, str]] = set()
-            for appointment_id in set(appointment_ids):
-                for (dest,) in conn.execute(
-                    "SELECT destination FROM destination_appointments WHERE appointment_id = ?",
-                    (appointment_id,),
-                ):
-                    out.add((dest, appointment_id))
-            return out
+        return await self._read(lambda c: _destinations_holding(c, appointment_ids))
 
-        return await self._read(fn)
+    def batch_reader(self) -> SQLiteBatchReader:
+        return SQLiteBatchReader(str(self.path))
 
     async def commit_processed(self, results: list[ProcessedEvent]) -> None:
         await self._call(lambda conn: _apply_processed(conn, results, time.time()))
@@ -583,6 +564,79 @@ def _statements(sql: str) -> list[str]:
     """Split a migration into statements (ours never put ';' inside a literal)."""
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _appointment_states(conn: sqlite3.Connection, uids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for uid in set(uids):
+        row = conn.execute(
+            "SELECT a.state FROM booking_uids b JOIN appointments a"
+            " ON a.appointment_id = b.appointment_id WHERE b.uid = ?",
+            (uid,),
+        ).fetchone()
+        if row:
+            out[uid] = row[0]
+    return out
+
+
+def _destinations_holding(conn: sqlite3.Connection,
+                          appointment_ids: list[str]) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for appointment_id in set(appointment_ids):
+        for (dest,) in conn.execute(
+            "SELECT destination FROM destination_appointments WHERE appointment_id = ?",
+            (appointment_id,),
+        ):
+            out.add((dest, appointment_id))
+    return out
+
+
+_READER_CONNECTIONS: dict[str, sqlite3.Connection] = {}
+
+
+class SQLiteBatchReader:
+    """The processing reads, for a helper process: its own connection to the same file (WAL:
+    it never waits for the engine's writer), opened on first use in that process. It travels
+    to the helper as the file's path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def __getstate__(self) -> str:
+        return self.path
+
+    def __setstate__(self, path: str) -> None:
+        self.path, self._conn = path, None
+
+    def read(self, fn: Callable[[SQLiteBatchReader], T]) -> T:
+        conn = _READER_CONNECTIONS.get(self.path)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            _READER_CONNECTIONS[self.path] = conn
+        self._conn = conn
+        conn.execute("BEGIN")  # one snapshot for the whole batch
+        try:
+            return fn(self)
+        finally:
+            conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        assert self._conn is not None, "read() opens the snapshot these run in"
+        return self._conn
+
+    def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
+        return _events(self._connection(), base.PENDING, limit, after_id)
+
+    def appointment_states(self, uids: list[str]) -> dict[str, str]:
+        return _appointment_states(self._connection(), uids)
+
+    def destinations_holding(self, appointment_ids: list[str]) -> set[tuple[str, str]]:
+        return _destinations_holding(self._connection(), appointment_ids)
+
+    def inbound_origins(self, uids: list[str]) -> dict[str, str]:
+        return _inbound_origins(self._connection(), uids)
 
 
 def _events(conn: sqlite3.Connection, state: str, limit: int,

@@ -179,21 +179,9 @@ class SQLiteInboundMixin:
 
     # ------------------------------------------------------------------ no echo
     async def inbound_origins(self, uids: list[str]) -> dict[str, str]:
-        """booking uid -> inbound channel (EHR) whose SIU made it; only uids we created."""
-
-        def fn(conn: sqlite3.Connection) -> dict[str, str]:
-            out: dict[str, str] = {}
-            wanted = list(dict.fromkeys(u for u in uids if u))
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                marks = ",".join("?" * len(chunk))
-                for uid, channel in conn.execute(
-                    f"SELECT uid, channel FROM inbound_uids WHERE uid IN ({marks})", chunk
-                ):
-                    out[uid] = channel
-            return out
-
-        return await self._read(fn)  # on every processing batch: never wait for a commit
+        """booking uid -> inbound channel (EHR) whose SIU made it; only uids we created.
+        Asked on every processing batch: a read, never waiting for a commit."""
+        return await self._read(lambda c: _inbound_origins(c, uids))
 
     # ------------------------------------------------------------------ operators, tests
     async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
@@ -297,3 +285,16 @@ def _held(conn: sqlite3.Connection, channel: str, appt: str) -> HeldBlock | None
     if row is None:
         return None
     return HeldBlock(channel, appt, *row)
+
+
+def _inbound_origins(conn: sqlite3.Connection, uids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    wanted = list(dict.fromkeys(u for u in uids if u))
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for uid, channel in conn.execute(
+            f"SELECT uid, channel FROM inbound_uids WHERE uid IN ({marks})", chunk
+        ):
+            out[uid] = channel
+    return out
