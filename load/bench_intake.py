@@ -45,8 +45,9 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def requests(count: int, seed: int) -> list[bytes]:
-    teller = StoryTeller(seed=seed)
+def requests(count: int, seed: int, organizers: tuple[str, ...] | None = None) -> list[bytes]:
+    """`count` signed webhook requests, whole appointment stories (of `organizers` only)."""
+    teller = StoryTeller(seed=seed, organizers=organizers)
     out = []
     while len(out) < count:
         for hook in teller.story().webhooks:

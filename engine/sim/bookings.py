@@ -127,8 +127,12 @@ class Story:
 
 
 class StoryTeller:
-    def __init__(self, seed: int = 7, day: datetime | None = None) -> None:
+    def __init__(self, seed: int = 7, day: datetime | None = None,
+                 organizers: tuple[str, ...] | None = None) -> None:
+        """`organizers` (e.g. ("family",)) keeps the bookings to those providers' event
+        types; every event type by default."""
         self.rng = random.Random(seed)
+        self.event_types = [e for e in EVENT_TYPES if organizers is None or e[0] in organizers]
         self.day = day or datetime(2026, 6, 15, 13, 0, tzinfo=UTC)  # 09:00 in New York
         self.next_booking_id = 6_000_000
         self.patient_no = 0
@@ -142,7 +146,7 @@ class StoryTeller:
 
     def _booking(self, event_type: tuple[Any, ...] | None = None) -> Booking:
         self.patient_no += 1
-        et = event_type or self.rng.choice(EVENT_TYPES)
+        et = event_type or self.rng.choice(self.event_types)
         self.next_booking_id += 1
         uid = _uid(self.rng)
         slot = self.rng.randrange(0, 16) * 30
