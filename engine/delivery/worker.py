@@ -2,9 +2,10 @@
 
 One task per allowed connection of a destination. Each claims a batch of lane heads (only
 the head of a lane is ever in flight), sends them one at a time on its connection, classifies
-each reply, and records the outcome. The commit of one outcome overlaps the send of the next
-message, so at a crash at most the message in flight and the one whose ACK was being
-committed are sent again, both under their original MSH-10.
+each reply, and records the outcome. Outcomes are committed in groups while the next
+messages go out, so at a crash at most the message in flight and the outcomes not yet
+committed (up to the destination's `commit_window`) are sent again, each under its original
+MSH-10.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from engine.aio import sleep_or_stop
 from engine.channels.config import Destination
@@ -72,6 +75,7 @@ class DestinationWorker:
         conn: MLLPConnection | None = None
         reconnect = Backoff.from_settings(self.destination().connection)
         held: int | None = None  # the destination connection slot this task holds
+        landing: asyncio.Future[Any] | None = None  # the commits of a batch's last outcomes
         try:
             while not stop.is_set():
                 dest = self.destination()
@@ -90,7 +94,12 @@ class DestinationWorker:
                         await conn.close()
                         conn = None
                     continue
+                # the last batch's final outcomes may still be landing: a lane we lease is
+                # never claimed, so the claim need not wait for them (one commit, not two)
                 batch = await self.store.claim_lane_heads(self.name, _BATCH, owner, lease, now)
+                if landing is not None:
+                    await landing
+                    landing = None
                 if not batch:
                     await self._idle(stop)
                     continue
@@ -102,9 +111,16 @@ class DestinationWorker:
                         continue
                 # fencing: stop sending early enough that a reply can still come in our lease
                 deadline = now + lease - 2 * dest.connection.response_timeout_seconds
-                conn = await self._send_batch(conn, batch, dest, stop, slot, deadline)
-                await self.store.release_claims(owner)  # whatever the batch did not reach
+                conn, landing, every_one = await self._send_batch(conn, batch, dest, stop, slot,
+                                                                  deadline)
+                if not every_one:  # release the lanes the batch did not reach
+                    await landing
+                    landing = None
+                    await self.store.release_claims(owner)
         finally:
+            if landing is not None:
+                with contextlib.suppress(Exception):
+                    await landing
             if conn is not None:
                 await conn.close()
             self._set_connected(slot, False)
@@ -136,37 +152,49 @@ class DestinationWorker:
         stop: asyncio.Event,
         slot: int,
         deadline: float,
-    ) -> MLLPConnection | None:
+    ) -> tuple[MLLPConnection | None, asyncio.Future[Any], bool]:
         """Send the batch's messages one at a time. Outcomes are committed in groups while the
-        next messages go out: a group is committed as soon as the one before it has landed, and
-        sending pauses once `commit_window` outcomes are waiting for their commit. That window
-        bounds what a crash can repeat (the message in flight and the outcomes not yet
-        committed, each under its original MSH-10)."""
+        next messages go out, and sending pauses once `commit_window` outcomes are waiting
+        for their commit. That window bounds what a crash can repeat (the message in flight
+        and the outcomes not yet committed, each under its original MSH-10).
+
+        Returns the connection, the commits of the last outcomes (still landing: the caller
+        awaits it before sending again), and whether every message got an outcome (if not,
+        the caller releases the lanes the batch did not reach)."""
         window = dest.connection.commit_window
         waiting: list[tuple[AttemptRecord, QueuedMessage]] = []
-        committing: asyncio.Task[None] | None = None
-        committing_count = 0
+        # commits in flight, oldest first, with how many outcomes each holds. A batch has one
+        # message per lane, so its groups touch different lanes and may land in any order
+        committing: deque[tuple[asyncio.Task[None], int]] = deque()
+        reached = 0
         try:
             for msg in batch:
                 if stop.is_set() or conn is None or conn.closed or time.time() > deadline:
                     break
                 record, conn = await self._attempt(conn, msg, dest)
+                reached += 1
                 if conn is None:
                     self._set_connected(slot, False)
                 waiting.append((record, msg))
-                if committing is not None and (committing.done()
-                                               or committing_count + len(waiting) > window):
-                    await committing  # groups land in the order their outcomes happened
-                    committing = None
-                if committing is None:
-                    committing = asyncio.create_task(self._record(waiting, dest))
-                    committing_count, waiting = len(waiting), []
-        finally:
-            if committing is not None:
-                await committing
+                while committing and committing[0][0].done():
+                    await committing.popleft()[0]
+                # a group goes as soon as none is landing, or as a second one once half a
+                # window waits: the writer's queue wait then overlaps sending
+                if not committing or len(waiting) >= max(1, window // 2):
+                    committing.append((asyncio.create_task(self._record(waiting, dest)),
+                                       len(waiting)))
+                    waiting = []
+                while sum(n for _, n in committing) + len(waiting) > window:
+                    await committing.popleft()[0]
+        except BaseException:
+            for task, _ in committing:
+                await task
             if waiting:
                 await self._record(waiting, dest)
-        return conn
+            raise
+        if waiting:
+            committing.append((asyncio.create_task(self._record(waiting, dest)), len(waiting)))
+        return conn, asyncio.gather(*(task for task, _ in committing)), reached == len(batch)
 
     async def _attempt(
         self, conn: MLLPConnection, msg: QueuedMessage, dest: Destination

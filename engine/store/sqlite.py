@@ -240,14 +240,14 @@ class SQLiteStore(SQLiteInboundMixin):
                 for lane_id, fence, mid, ch, appt, mtype, cid, payload, att, acc, corr, n in rows
             ]
 
-        return await self._call(fn)
+        return await self._call(fn, urgent=True)
 
     async def record_attempts(self, records: list[AttemptRecord]) -> None:
         def fn(conn: sqlite3.Connection) -> None:
             sent = [entry for rec in records if (entry := _apply_attempt(conn, rec))]
             conn.executemany(AUDIT_INSERT, sent)
 
-        await self._call(fn)
+        await self._call(fn, urgent=True)
 
     async def next_ready_at(self, destination: str) -> float | None:
         def fn(conn: sqlite3.Connection) -> float | None:
