@@ -32,6 +32,7 @@ from engine.store.base import AttemptRecord, QueuedMessage, Store
 log = logging.getLogger("calhl7.delivery")
 
 _BATCH = 64
+_CLAIM_AHEAD = 4  # messages left in a batch when the next claim is made
 _IDLE_POLL_SECONDS = 0.5  # operator actions from another process show up this fast
 _MIN_IDLE_SECONDS = 0.05
 
@@ -76,6 +77,7 @@ class DestinationWorker:
         reconnect = Backoff.from_settings(self.destination().connection)
         held: int | None = None  # the destination connection slot this task holds
         landing: asyncio.Future[Any] | None = None  # the commits of a batch's last outcomes
+        ahead: list[asyncio.Future[tuple[float, list[QueuedMessage]]]] = []  # the next claim
         try:
             while not stop.is_set():
                 dest = self.destination()
@@ -95,8 +97,9 @@ class DestinationWorker:
                         conn = None
                     continue
                 # the last batch's final outcomes may still be landing: a lane we lease is
-                # never claimed, so the claim need not wait for them (one commit, not two)
-                batch = await self.store.claim_lane_heads(self.name, _BATCH, owner, lease, now)
+                # never claimed, so the claim need not wait for them (one commit, not two);
+                # usually it was made while the last messages of that batch went out
+                claimed_at, batch = await (ahead.pop() if ahead else self._claim(owner, lease))
                 if landing is not None:
                     await landing
                     landing = None
@@ -110,23 +113,38 @@ class DestinationWorker:
                         await sleep_or_stop(stop, reconnect.next())
                         continue
                 # fencing: stop sending early enough that a reply can still come in our lease
-                deadline = now + lease - 2 * dest.connection.response_timeout_seconds
+                deadline = claimed_at + lease - 2 * dest.connection.response_timeout_seconds
+
+                def claim_ahead(lease: float = lease) -> None:
+                    if not ahead and not stop.is_set():
+                        ahead.append(asyncio.ensure_future(self._claim(owner, lease)))
+
                 conn, landing, every_one = await self._send_batch(conn, batch, dest, stop, slot,
-                                                                  deadline)
-                if not every_one:  # release the lanes the batch did not reach
+                                                                  deadline, claim_ahead)
+                if not every_one:  # release the lanes the batch did not reach (and the next)
                     await landing
                     landing = None
+                    if ahead:
+                        await ahead.pop()
                     await self.store.release_claims(owner)
         finally:
             if landing is not None:
                 with contextlib.suppress(Exception):
                     await landing
+            if ahead:
+                with contextlib.suppress(Exception):
+                    await ahead.pop()
+                    await self.store.release_claims(owner)
             if conn is not None:
                 await conn.close()
             self._set_connected(slot, False)
             if held is not None:
                 with contextlib.suppress(Exception):
                     await self.store.release_slot(self.name, held, owner)
+
+    async def _claim(self, owner: str, lease: float) -> tuple[float, list[QueuedMessage]]:
+        now = time.time()
+        return now, await self.store.claim_lane_heads(self.name, _BATCH, owner, lease, now)
 
     async def _connect(
         self, dest: Destination, reconnect: Backoff, slot: int
@@ -152,6 +170,7 @@ class DestinationWorker:
         stop: asyncio.Event,
         slot: int,
         deadline: float,
+        claim_ahead: Callable[[], None] = lambda: None,
     ) -> tuple[MLLPConnection | None, asyncio.Future[Any], bool]:
         """Send the batch's messages one at a time. Outcomes are committed in groups while the
         next messages go out, and sending pauses once `commit_window` outcomes are waiting
@@ -160,7 +179,8 @@ class DestinationWorker:
 
         Returns the connection, the commits of the last outcomes (still landing: the caller
         awaits it before sending again), and whether every message got an outcome (if not,
-        the caller releases the lanes the batch did not reach)."""
+        the caller releases the lanes the batch did not reach). `claim_ahead` is called when a
+        few messages are left to send."""
         window = dest.connection.commit_window
         waiting: list[tuple[AttemptRecord, QueuedMessage]] = []
         # commits in flight, oldest first, with how many outcomes each holds. A batch has one
@@ -173,6 +193,8 @@ class DestinationWorker:
                     break
                 record, conn = await self._attempt(conn, msg, dest)
                 reached += 1
+                if len(batch) - reached <= _CLAIM_AHEAD:
+                    claim_ahead()  # the next claim's commit overlaps the last sends
                 if conn is None:
                     self._set_connected(slot, False)
                 waiting.append((record, msg))
