@@ -103,6 +103,8 @@ class DestinationWorker:
                 if landing is not None:
                     await landing
                     landing = None
+                    if not batch:  # the lanes it advanced were still leased when we claimed
+                        claimed_at, batch = await self._claim(owner, lease)
                 if not batch:
                     await self._idle(stop)
                     continue
