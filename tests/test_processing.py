@@ -53,6 +53,12 @@ async def _batches_of_one(store, pool: ProcessPoolExecutor | None) -> Processor:
     assert {"SIU^S12", "SIU^S15"} <= {mtype for *_, mtype in wanted}
 
     processor = Processor(store, lambda: config, Metrics(), batch_size=1, pool=pool)
+    await _run_until_nothing_pending(processor, store)
+    assert await _queued(store) == wanted
+    return processor
+
+
+async def _run_until_nothing_pending(processor: Processor, store) -> None:  # noqa: ANN001
     stop = asyncio.Event()
     running = asyncio.create_task(processor.run(stop))
     try:
@@ -61,11 +67,13 @@ async def _batches_of_one(store, pool: ProcessPoolExecutor | None) -> Processor:
         stop.set()
         await running
 
-    queued = []
+
+async def _queued(store) -> list[tuple[str, str, str]]:  # noqa: ANN001
+    """(destination, appointment, type) of every queued message, in id order."""
+    queued: list[tuple[str, str, str]] = []
     while (m := await store.message(len(queued) + 1)) is not None:
         queued.append((m["destination"], m["appointment_id"], m["message_type"]))
-    assert queued == wanted
-    return processor
+    return queued
 
 
 async def _nothing_pending(store) -> bool:  # noqa: ANN001
@@ -97,18 +105,9 @@ async def test_a_batch_that_does_not_land_voids_what_was_computed_on_it(
                 for hook in story.webhooks:
                     await store.accept_webhook(webhook(compact(hook)))
             processor = Processor(store, lambda: config, Metrics(), batch_size=1, pool=pool)
-            stop = asyncio.Event()
-            running = asyncio.create_task(processor.run(stop))
-            try:
-                await eventually(lambda: _nothing_pending(store))
-            finally:
-                stop.set()
-                await running
+            await _run_until_nothing_pending(processor, store)
             quarantined = [e.id for e in await store.events("quarantined", 100)]
-            queued = []
-            while (m := await store.message(len(queued) + 1)) is not None:
-                queued.append((m["destination"], m["appointment_id"], m["message_type"]))
-            outcomes.append((quarantined, queued))
+            outcomes.append((quarantined, await _queued(store)))
         finally:
             await store.close()
     assert outcomes[0][0], "the trigger refused nothing: the test tests nothing"

@@ -95,6 +95,9 @@ class DestinationWorker:
                     if conn is not None:
                         await conn.close()
                         conn = None
+                    if ahead:  # nor what we claimed for it
+                        await ahead.pop()
+                        await self.store.release_claims(owner)
                     continue
                 # the last batch's final outcomes may still be landing: a lane we lease is
                 # never claimed, so the claim need not wait for them (one commit, not two);

@@ -30,7 +30,7 @@ from engine.store.base import (
 )
 from engine.store.migrations import load_migrations
 from engine.store.sqlite_common import AUDIT_INSERT, audit_operator
-from engine.store.sqlite_inbound import SQLiteInboundMixin, _inbound_origins
+from engine.store.sqlite_inbound import SQLiteInboundMixin, read_inbound_origins
 
 T = TypeVar("T")
 _MIN_SQLITE = (3, 38, 0)
@@ -636,7 +636,7 @@ class SQLiteBatchReader:
         return _destinations_holding(self._connection(), appointment_ids)
 
     def inbound_origins(self, uids: list[str]) -> dict[str, str]:
-        return _inbound_origins(self._connection(), uids)
+        return read_inbound_origins(self._connection(), uids)
 
 
 def _events(conn: sqlite3.Connection, state: str, limit: int,

@@ -181,7 +181,7 @@ class SQLiteInboundMixin:
     async def inbound_origins(self, uids: list[str]) -> dict[str, str]:
         """booking uid -> inbound channel (EHR) whose SIU made it; only uids we created.
         Asked on every processing batch: a read, never waiting for a commit."""
-        return await self._read(lambda c: _inbound_origins(c, uids))
+        return await self._read(lambda c: read_inbound_origins(c, uids))
 
     # ------------------------------------------------------------------ operators, tests
     async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
@@ -287,7 +287,7 @@ def _held(conn: sqlite3.Connection, channel: str, appt: str) -> HeldBlock | None
     return HeldBlock(channel, appt, *row)
 
 
-def _inbound_origins(conn: sqlite3.Connection, uids: list[str]) -> dict[str, str]:
+def read_inbound_origins(conn: sqlite3.Connection, uids: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     wanted = list(dict.fromkeys(u for u in uids if u))
     for i in range(0, len(wanted), 500):
