@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -436,6 +437,7 @@ class Processor:
         """One batch, pipelined: its pure-core work overlaps the commit of the batch before,
         whose results it sees through an overlay until that commit has landed."""
         got = await self._from_helper()
+        from_helper = got is not None
         if got is None:  # no helper, or a store it cannot read: read here
             events = await self.store.pending_events(self._batch_size(), after_id=self._last_id)
             if events:
@@ -445,8 +447,8 @@ class Processor:
             await self._settle_pipeline()
             return 0
         refs, result = got
-        if self._ahead is None and self.pool is not None and self.batch_reader is not None:
-            self._ahead = self._ask_helper()  # the next batch is computed while this commits
+        if from_helper:  # the next batch is computed while this one commits
+            self._ahead = self._try_ask_helper()
         if not await self._finish_inflight():
             # the batch before did not land as computed (another node took over, or an event
             # was quarantined at commit): what we computed on top of it is void; redo
@@ -465,19 +467,39 @@ class Processor:
             self.pool, _read_and_process_in_worker, self.batch_reader, str(config.directory),
             config.fingerprint, request)
 
+    def _try_ask_helper(self) -> asyncio.Future[HelperBatch] | None:
+        try:
+            return self._ask_helper()
+        except Exception as exc:  # noqa: BLE001 - e.g. the pool broke: _from_helper decides
+            log.warning("processing helper unavailable", extra={"error": type(exc).__name__})
+            return None
+
     async def _from_helper(self) -> tuple[tuple[tuple[int, str], ...], BatchResult] | None:
         """The helper reads the batch on its own connection and processes it: the engine's
         event loop only commits. None: no helper here, or it failed (then read here)."""
         if self.pool is None or self.batch_reader is None:
             return None
         while True:
-            asked, self._ahead = self._ahead or self._ask_helper(), None
+            asked, self._ahead = self._ahead, None
+            if asked is None:
+                # a fresh start: the helper begins at the first pending event, so nothing
+                # may still be committing (a batch the engine did itself, say)
+                if self._inflight is not None:
+                    await self._settle_pipeline()
+                asked = self._try_ask_helper()
             try:
+                if asked is None:
+                    raise BrokenProcessPool("the helper could not be asked")
                 answer = await asked
             except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
-                log.warning("processing helper unavailable; processing in the engine",
-                            extra={"error": type(exc).__name__})
-                self._generation += 1  # it starts over next time
+                if isinstance(exc, BrokenProcessPool):
+                    log.error("processing helper process died; processing in the engine from"
+                              " now on", extra={"error": type(exc).__name__})
+                    self.pool = None
+                else:
+                    log.warning("processing helper unavailable; processing in the engine",
+                                extra={"error": type(exc).__name__})
+                self._generation += 1  # it starts over, after a settled pipeline
                 return None
             if answer.generation == self._generation:
                 break

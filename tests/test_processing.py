@@ -4,6 +4,7 @@ still committing, so it must see that batch's results before they land."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import sqlite3
 from collections.abc import Iterator
@@ -112,3 +113,95 @@ async def test_a_batch_that_does_not_land_voids_what_was_computed_on_it(
             await store.close()
     assert outcomes[0][0], "the trigger refused nothing: the test tests nothing"
     assert outcomes[1] == outcomes[0]
+
+
+async def test_a_helper_that_fails_mid_stream_hands_over_without_repeats(
+        tmp_path, helper_pool: ProcessPoolExecutor) -> None:  # noqa: ANN001
+    """The engine's configuration no longer matches the channel files the helper reads (an
+    edit not reloaded yet): helper calls fail and the engine processes batches itself, until
+    the reload, when the helper takes over again. No event is processed twice (nothing
+    queued twice under two MSH-10s), none is skipped."""
+    from engine.store.sqlite import SQLiteStore
+
+    config = load_config(REPO / "channels")
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    try:
+        wanted = await _accept_stories(store, config, stories=60)
+        current = {"config": config}
+        processor = Processor(store, lambda: current["config"], Metrics(), batch_size=1,
+                              pool=helper_pool)
+        stop = asyncio.Event()
+        running = asyncio.create_task(processor.run(stop))
+        try:
+            await eventually(lambda: _processed_at_least(store, 10))
+            current["config"] = dataclasses.replace(config, fingerprint="edited, not reloaded")
+            left = len(await store.pending_events(1000))
+            await eventually(lambda: _processed_at_least(store, 20))
+            current["config"] = config  # reloaded: the helper takes over again
+            await eventually(lambda: _nothing_pending(store))
+        finally:
+            stop.set()
+            await running
+        assert left > 0, "everything was processed before the switch: the test tests nothing"
+        assert processor.helper_batches > 0
+        assert await _queued(store) == wanted
+    finally:
+        await store.close()
+
+
+async def test_a_helper_process_killed_mid_stream_leaves_the_engine_processing(
+        tmp_path) -> None:  # noqa: ANN001
+    """kill -9 of the helper process: the pool is broken for good; the engine processes the
+    rest itself, once each."""
+    import os
+    import signal
+
+    import psutil
+
+    from engine.store.sqlite import SQLiteStore
+
+    config = load_config(REPO / "channels")
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    others = {p.pid for p in psutil.Process().children()}  # e.g. the module's helper pool
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=helper_process_init)
+    try:
+        wanted = await _accept_stories(store, config, stories=60)
+        processor = Processor(store, lambda: config, Metrics(), batch_size=1, pool=pool)
+        stop = asyncio.Event()
+        running = asyncio.create_task(processor.run(stop))
+        try:
+            await eventually(lambda: _processed_at_least(store, 10))
+            helpers = [p for p in psutil.Process().children() if p.pid not in others
+                       and any("spawn_main" in part for part in p.cmdline())]
+            assert len(helpers) == 1
+            os.kill(helpers[0].pid, signal.SIGKILL)
+            left = len(await store.pending_events(1000))
+            await eventually(lambda: _nothing_pending(store))
+        finally:
+            stop.set()
+            await running
+        assert left > 0, "everything was processed before the kill: the test tests nothing"
+        assert processor.pool is None  # given up on, not retried for every batch
+        assert await _queued(store) == wanted
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        await store.close()
+
+
+async def _accept_stories(store, config, stories: int) -> list[tuple[str, str, str]]:  # noqa: ANN001
+    """Accept that many stories' webhooks; what one batch of all of them would queue."""
+    teller = StoryTeller(seed=8)
+    for _ in range(stories):
+        for hook in teller.story().webhooks:
+            await store.accept_webhook(webhook(compact(hook)))
+    events = await store.pending_events(10_000)
+    expected = process_batch(Batch(tuple(events), {}, frozenset(), {}), config)
+    return [(m.destination, m.appointment_id, m.message_type)
+            for r in expected.results for m in r.messages]
+
+
+async def _processed_at_least(store, n: int) -> bool:  # noqa: ANN001
+    return len(await store.events("processed", n)) >= n

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import time
 
+import pytest
+
 from engine.store import base
 from engine.store.base import AttemptRecord, IncomingWebhook, NewMessage, ProcessedEvent
 
@@ -343,6 +345,22 @@ async def test_later_result_for_an_appointment_wins_within_a_batch(store) -> Non
                        appointment_state='{"v":2}', uid_links={"u2": "A", "u1": "B"}),
     ])
     assert await store.appointment_states(["u1", "u2"]) == {"u1": '{"v":2}', "u2": '{"v":2}'}
+
+
+async def test_an_event_is_committed_once(store) -> None:
+    """A second commit of a processed event (a pipeline that went wrong, another node) is
+    refused whole: it would queue the same change again under a new MSH-10."""
+    r1 = await store.accept_webhook(webhook(b'{"once":1}'))
+    r2 = await store.accept_webhook(webhook(b'{"once":2}'))
+    await enqueue(store, r1.event_id, message("A", "ONCE1"))
+    with pytest.raises(base.NotPending):
+        await store.commit_processed([
+            ProcessedEvent(r2.event_id, base.PROCESSED, messages=(message("B", "ONCE2"),)),
+            ProcessedEvent(r1.event_id, base.PROCESSED, messages=(message("A", "ONCE3"),)),
+        ])
+    assert [e.id for e in await store.pending_events(10)] == [r2.event_id]  # nothing written
+    assert (await store.message(1))["control_id"] == "ONCE1"
+    assert await store.message(2) is None
 
 
 async def test_text_with_nul_characters_is_kept(store) -> None:

@@ -95,6 +95,9 @@ class DestinationWorker:
                     if conn is not None:
                         await conn.close()
                         conn = None
+                    if landing is not None:  # our outcomes first, then the lanes go
+                        await landing
+                        landing = None
                     if ahead:  # nor what we claimed for it
                         await ahead.pop()
                         await self.store.release_claims(owner)
@@ -118,7 +121,9 @@ class DestinationWorker:
                         await sleep_or_stop(stop, reconnect.next())
                         continue
                 # fencing: stop sending early enough that a reply can still come in our lease
-                deadline = claimed_at + lease - 2 * dest.connection.response_timeout_seconds
+                # (of the lanes and of the connection slot, renewed at `now`)
+                deadline = (min(claimed_at, now) + lease
+                            - 2 * dest.connection.response_timeout_seconds)
 
                 def claim_ahead(lease: float = lease) -> None:
                     if not ahead and not stop.is_set():

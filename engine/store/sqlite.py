@@ -653,10 +653,14 @@ def _events(conn: sqlite3.Connection, state: str, limit: int,
 def _apply_processed(conn: sqlite3.Connection, results: list[ProcessedEvent], now: float) -> None:
     """A batch's results, statement by statement for the whole batch where order allows (one
     call into SQLite per statement instead of one per event: this runs on the writer)."""
-    conn.executemany(
-        "UPDATE received_events SET state = ?, reason = ?, processed_at = ? WHERE id = ?",
+    marked = conn.executemany(
+        "UPDATE received_events SET state = ?, reason = ?, processed_at = ? WHERE id = ?"
+        " AND state = 'pending'",
         [(r.state, r.reason, now, r.event_id) for r in results],
-    )
+    ).rowcount
+    if marked != len(results):  # processed already: writing again would queue it twice
+        raise base.NotPending(f"{len(results) - marked} of {len(results)} events are no"
+                              " longer pending")
     conn.executemany(  # in event order: the last state of an appointment wins
         "INSERT INTO appointments (appointment_id, state, updated_at) VALUES (?,?,?)"
         " ON CONFLICT (appointment_id) DO UPDATE SET state = excluded.state,"
