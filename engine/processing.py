@@ -384,7 +384,6 @@ class Processor:
         self._last_intake = 0.0
         # the pipeline: the commit in flight, and what it writes (seen by the next batch)
         self._inflight: asyncio.Task[bool] | None = None
-        self._inflight_last_id = 0
         self._landed_through = 0  # the last event id of the last batch whose commit landed
         self._last_id = 0
         self._overlay_states: dict[str, str] = {}
@@ -456,7 +455,7 @@ class Processor:
             return 0
         self._overlay_states, self._overlay_holding = result.states, set(result.holding)
         self._inflight = asyncio.create_task(self._commit(refs, result))
-        self._inflight_last_id = self._last_id = refs[-1][0]
+        self._last_id = refs[-1][0]  # also the last event of the commit in flight
         return len(refs)
 
     def _ask_helper(self) -> asyncio.Future[HelperBatch]:
@@ -487,25 +486,28 @@ class Processor:
                 if self._inflight is not None:
                     await self._settle_pipeline()
                 asked = self._try_ask_helper()
+                if asked is None:  # the pool refused the call: it is broken or shut down
+                    return self._helper_failed(BrokenProcessPool())
             try:
-                if asked is None:
-                    raise BrokenProcessPool("the helper could not be asked")
                 answer = await asked
             except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
-                if isinstance(exc, BrokenProcessPool):
-                    log.error("processing helper process died; processing in the engine from"
-                              " now on", extra={"error": type(exc).__name__})
-                    self.pool = None
-                else:
-                    log.warning("processing helper unavailable; processing in the engine",
-                                extra={"error": type(exc).__name__})
-                self._generation += 1  # it starts over, after a settled pipeline
-                return None
+                return self._helper_failed(exc)
             if answer.generation == self._generation:
                 break
             # asked before the pipeline was reset: computed on results that did not land
         self.helper_batches += 1
         return answer.events, answer.result
+
+    def _helper_failed(self, exc: Exception) -> None:
+        """This batch is read and processed here; a dead helper is not asked again."""
+        if isinstance(exc, BrokenProcessPool):
+            log.error("processing helper process died; processing in the engine from now on",
+                      extra={"error": type(exc).__name__})
+            self.pool = None
+        else:
+            log.warning("processing helper unavailable; processing in the engine",
+                        extra={"error": type(exc).__name__})
+        self._generation += 1  # it starts over, after a settled pipeline
 
     async def _compute(self, batch: Batch) -> BatchResult:
         config = self.config()
@@ -549,7 +551,7 @@ class Processor:
             log.error("processing commit failed", extra={"error": type(exc).__name__})
             return False
         if landed:
-            self._landed_through = self._inflight_last_id
+            self._landed_through = self._last_id
         return landed
 
     async def _settle_pipeline(self) -> None:

@@ -212,8 +212,8 @@ def _wait_drained(db: Path, timeout: float) -> bool:
 
 
 def e2e_once(connections: int, webhooks: list[bytes], tmp: Path,
-             rate: float | None = None) -> dict[str, float]:
-    """Post the webhooks (as fast as 32 clients can, or open loop at `rate`/s), wait until
+             offered: float | None = None) -> dict[str, float]:
+    """Post the webhooks (as fast as 32 clients can, or open loop at `offered`/s), wait until
     every SIU is acknowledged, then send the same SIU straight to the same simulator."""
     procs = Procs()
     try:
@@ -223,11 +223,11 @@ def e2e_once(connections: int, webhooks: list[bytes], tmp: Path,
         _, port = start_engine(procs, data, channels, engine_env(sim_port), tmp / "engine.out")
         time.sleep(0.5)
         t0 = time.time()
-        if rate is None:
+        if offered is None:
             posted = asyncio.run(send_all("127.0.0.1", port, webhooks, 32))
         else:
-            posted = asyncio.run(open_loop("127.0.0.1", port, iter(webhooks), rate,
-                                           len(webhooks) / rate))
+            posted = asyncio.run(open_loop("127.0.0.1", port, iter(webhooks), offered,
+                                           len(webhooks) / offered))
         if posted.ok != len(webhooks):
             raise SystemExit(f"end to end: {len(webhooks) - posted.ok} webhooks not accepted")
         if not _wait_drained(data / "calhl7.sqlite3", 300):
@@ -295,7 +295,7 @@ def bench_e2e_suite(runs: int, n_webhooks: int, sustained_seconds: float) -> Non
         results = []
         for run in range(runs):
             with tempfile.TemporaryDirectory() as tmp:
-                r = e2e_once(connections, reqs, Path(tmp), rate=FLOORS["e2e"])
+                r = e2e_once(connections, reqs, Path(tmp), offered=FLOORS["e2e"])
             results.append(r)
             say(f"  run {run + 1}: {r['messages']} SIU at {r['rate']:,.0f} msg/s acked; "
                 f"accepted->acked p50 {r['p50_ms']:.0f} ms p99 {r['p99_ms']:.0f} ms")

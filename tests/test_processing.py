@@ -42,14 +42,8 @@ async def test_through_the_helper_too(store, helper_pool: ProcessPoolExecutor) -
 
 async def _batches_of_one(store, pool: ProcessPoolExecutor | None) -> Processor:  # noqa: ANN001
     config = load_config(REPO / "channels")
-    teller = StoryTeller(seed=5)
-    for _ in range(15):  # new, reschedule, cancel, no-show: each change needs the one before
-        for hook in teller.story().webhooks:
-            await store.accept_webhook(webhook(compact(hook)))
-    events = await store.pending_events(1000)
-    expected = process_batch(Batch(tuple(events), {}, frozenset(), {}), config)
-    wanted = [(m.destination, m.appointment_id, m.message_type)
-              for r in expected.results for m in r.messages]
+    # new, reschedule, cancel, no-show: each change needs the one before
+    wanted = await _accept_stories(store, config, stories=15, seed=5)
     assert len({appointment for _, appointment, _ in wanted}) > 5
     assert {"SIU^S12", "SIU^S15"} <= {mtype for *_, mtype in wanted}
 
@@ -191,9 +185,10 @@ async def test_a_helper_process_killed_mid_stream_leaves_the_engine_processing(
         await store.close()
 
 
-async def _accept_stories(store, config, stories: int) -> list[tuple[str, str, str]]:  # noqa: ANN001
+async def _accept_stories(store, config, stories: int,  # noqa: ANN001
+                          seed: int = 8) -> list[tuple[str, str, str]]:
     """Accept that many stories' webhooks; what one batch of all of them would queue."""
-    teller = StoryTeller(seed=8)
+    teller = StoryTeller(seed=seed)
     for _ in range(stories):
         for hook in teller.story().webhooks:
             await store.accept_webhook(webhook(compact(hook)))

@@ -78,6 +78,18 @@ class DestinationWorker:
         held: int | None = None  # the destination connection slot this task holds
         landing: asyncio.Future[Any] | None = None  # the commits of a batch's last outcomes
         ahead: list[asyncio.Future[tuple[float, list[QueuedMessage]]]] = []  # the next claim
+
+        async def let_go() -> None:
+            """Our last outcomes land first, then every lane we still lease is released (the
+            claim made ahead included)."""
+            nonlocal landing
+            if landing is not None:
+                await landing
+                landing = None
+            if ahead:
+                await ahead.pop()
+            await self.store.release_claims(owner)
+
         try:
             while not stop.is_set():
                 dest = self.destination()
@@ -95,12 +107,7 @@ class DestinationWorker:
                     if conn is not None:
                         await conn.close()
                         conn = None
-                    if landing is not None:  # our outcomes first, then the lanes go
-                        await landing
-                        landing = None
-                    if ahead:  # nor what we claimed for it
-                        await ahead.pop()
-                        await self.store.release_claims(owner)
+                    await let_go()  # nor the lanes we claimed for it
                     continue
                 # the last batch's final outcomes may still be landing: a lane we lease is
                 # never claimed, so the claim need not wait for them (one commit, not two);
@@ -131,12 +138,8 @@ class DestinationWorker:
 
                 conn, landing, every_one = await self._send_batch(conn, batch, dest, stop, slot,
                                                                   deadline, claim_ahead)
-                if not every_one:  # release the lanes the batch did not reach (and the next)
-                    await landing
-                    landing = None
-                    if ahead:
-                        await ahead.pop()
-                    await self.store.release_claims(owner)
+                if not every_one:  # the lanes the batch did not reach (and the next) go
+                    await let_go()
         finally:
             if landing is not None:
                 with contextlib.suppress(Exception):

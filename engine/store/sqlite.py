@@ -727,13 +727,18 @@ def _enqueue(
         )
     if head_id is None:
         if status == base.QUEUED:  # an empty lane: the new message is its head
-            conn.execute(
-                "UPDATE lanes SET head_id = ?, held = 0, ready_at = ?, owner = NULL,"
-                " lease_until = NULL WHERE id = ?",
-                (message_id, now, lane_id),
-            )
+            _set_head(conn, lane_id, message_id, now)
         else:
             _advance_lane(conn, lane_id, message_id - 1, now)
+
+
+def _set_head(conn: sqlite3.Connection, lane_id: int, message_id: int, now: float) -> None:
+    """A queued message becomes its lane's head, ready now and claimed by nobody."""
+    conn.execute(
+        "UPDATE lanes SET head_id = ?, held = 0, ready_at = ?, owner = NULL,"
+        " lease_until = NULL WHERE id = ?",
+        (message_id, now, lane_id),
+    )
 
 
 def _advance_lane(conn: sqlite3.Connection, lane_id: int, after_id: int, now: float) -> None:
@@ -744,11 +749,7 @@ def _advance_lane(conn: sqlite3.Connection, lane_id: int, after_id: int, now: fl
         (lane_id, after_id),
     ).fetchall():
         if status == base.QUEUED:
-            conn.execute(
-                "UPDATE lanes SET head_id = ?, held = 0, ready_at = ?, owner = NULL,"
-                " lease_until = NULL WHERE id = ?",
-                (mid, now, lane_id),
-            )
+            _set_head(conn, lane_id, mid, now)
             return
         if hold:  # a message that was born dead (unmapped code) holds the lane too
             conn.execute(
