@@ -189,7 +189,7 @@ class Engine:
         for name in destinations:
             entry = self._workers.get(name)
             if entry:
-                entry[0].wake.set()
+                entry[0].notify()
 
     # ------------------------------------------------------------------ gauges
     async def refresh_gauges(self) -> None:

@@ -199,3 +199,29 @@ async def test_resend_answered_with_duplicate_key_counts_as_delivered(tmp_path: 
         counts = await eng.settle(10)
         assert counts.get("messages_dead", 0) == 0 and counts.get("messages_queued", 0) == 0
         assert sim.acks.get("AE", 0) >= 1  # it said "duplicate key" and we took it as delivered
+
+
+async def test_a_slow_ehrs_lanes_spread_over_every_connection(tmp_path: Path, store_url: str | None) -> None:
+    """Lanes run in parallel up to the connection limit: with an EHR that takes 40 ms per ACK,
+    a backlog of lanes must not go out one by one on a single connection."""
+    channels = fast_channels(tmp_path, connection={"max_connections": 4})
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=channels,
+                              start_sims=False) as eng:
+        await post_stories(eng, 30, seed=21)
+        await eventually(lambda: _processed(eng))
+        lanes = len(await eng.store.lanes("ehr-main", 1000))
+        assert lanes >= 12  # a backlog of lanes, all waiting for the EHR
+        main = await run_sim("127.0.0.1", eng.sims["ports"]["main"], SimPolicy(delay_ms=40),
+                             tmp_path / "main.jsonl")
+        legacy = await run_sim("127.0.0.1", eng.sims["ports"]["legacy"],
+                               SimPolicy(encoding="ascii"), tmp_path / "legacy.jsonl")
+        try:
+            counts = await eng.settle(30)
+            assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+            rows = await acked(eng, "ehr-main")
+            assert_once_in_order(tmp_path / "main.jsonl", rows)
+            peers = [r["peer"] for r in received(tmp_path / "main.jsonl")]
+            assert len(set(peers)) == 4, f"{len(rows)} messages over {len(set(peers))} connections"
+        finally:
+            await stop_sim(main)
+            await stop_sim(legacy)

@@ -31,7 +31,10 @@ from engine.store.base import AttemptRecord, QueuedMessage, Store
 
 log = logging.getLogger("calhl7.delivery")
 
-_BATCH = 64
+_BATCH = 64  # lane heads per claim, at most
+# a claim takes about this much sending (by the ACK times seen): a slow EHR's lanes spread
+# over every allowed connection, a fast one's go out in full batches on one
+_CLAIM_SECONDS = 0.25
 _CLAIM_AHEAD = 4  # messages left in a batch when the next claim is made
 _IDLE_POLL_SECONDS = 0.5  # operator actions from another process show up this fast
 _MIN_IDLE_SECONDS = 0.05
@@ -56,13 +59,27 @@ class DestinationWorker:
         self.settings = settings  # what it was started with: a reload that changes it restarts it
         # claims and slots are per worker instance: a replacement never inherits them
         self.instance = uuid.uuid4().hex[:6]
-        self.wake = asyncio.Event()
+        # connections waiting for work, each with its own wake-up (see notify)
+        self._idle_slots: dict[int, asyncio.Event] = {}
+        self._notified = 0  # how many notices there have been (a slot's claim sees a count)
+        self._reply_seconds: float | None = None  # a moving average of the EHR's reply time
         self.status = status if status is not None else {}
         self.status.setdefault("connections", 0)  # /readyz shows every destination
         self._connected: set[int] = set()
         # the per-destination series, looked up once instead of for every message
         self._ack_seconds = metrics.ack_seconds.labels(name)
         self._end_to_end_seconds = metrics.end_to_end_seconds.labels(name)
+
+    def notify(self) -> None:
+        """New messages are queued (or an operator freed a lane): wake one idle connection.
+        Waking every connection for every commit would make each claim a few messages; one
+        at a time keeps batches full, and a full claim wakes the next (see _slot)."""
+        self._notified += 1
+        for slot in sorted(self._idle_slots):  # the lowest first: traffic stays on few
+            wake = self._idle_slots[slot]
+            if not wake.is_set():
+                wake.set()
+                return
 
     async def run(self, stop: asyncio.Event) -> None:
         slots = self.destination().connection.max_connections
@@ -112,15 +129,20 @@ class DestinationWorker:
                 # the last batch's final outcomes may still be landing: a lane we lease is
                 # never claimed, so the claim need not wait for them (one commit, not two);
                 # usually it was made while the last messages of that batch went out
+                notices = self._notified
                 claimed_at, batch = await (ahead.pop() if ahead else self._claim(owner, lease))
                 if landing is not None:
                     await landing
                     landing = None
                     if not batch:  # the lanes it advanced were still leased when we claimed
+                        notices = self._notified
                         claimed_at, batch = await self._claim(owner, lease)
                 if not batch:
-                    await self._idle(stop)
+                    if self._notified == notices:  # else: news came while we were claiming
+                        await self._idle(slot, stop)
                     continue
+                if len(batch) >= self._claim_size():  # more may wait: another connection helps
+                    self.notify()
                 if conn is None or conn.closed:
                     conn = await self._connect(dest, reconnect, slot)
                     if conn is None:
@@ -157,7 +179,17 @@ class DestinationWorker:
 
     async def _claim(self, owner: str, lease: float) -> tuple[float, list[QueuedMessage]]:
         now = time.time()
-        return now, await self.store.claim_lane_heads(self.name, _BATCH, owner, lease, now)
+        return now, await self.store.claim_lane_heads(self.name, self._claim_size(), owner,
+                                                      lease, now)
+
+    def _claim_size(self) -> int:
+        if self._reply_seconds is None:  # nothing seen yet: one, and its reply decides
+            return 1
+        return max(1, min(_BATCH, int(_CLAIM_SECONDS / max(self._reply_seconds, 1e-6))))
+
+    def _saw_reply_time(self, seconds: float) -> None:
+        average = self._reply_seconds
+        self._reply_seconds = seconds if average is None else 0.8 * average + 0.2 * seconds
 
     async def _connect(
         self, dest: Destination, reconnect: Backoff, slot: int
@@ -251,11 +283,14 @@ class DestinationWorker:
                                  detail=f"peer closed: {exc}",
                                  next_attempt_at=time.time()), None
         except ResponseTimeout as exc:
+            self._saw_reply_time(dest.connection.response_timeout_seconds)
             return self._retry(msg, dest, "timeout", str(exc), None, None), None
         except (MLLPError, OSError) as exc:
             await conn.close()
             return self._retry(msg, dest, "connection_error", str(exc), None, None), None
-        self._ack_seconds.observe(time.perf_counter() - sent_at)
+        reply_seconds = time.perf_counter() - sent_at
+        self._ack_seconds.observe(reply_seconds)
+        self._saw_reply_time(reply_seconds)
         ack = parse_ack(reply, encoding=dest.codec)
         decision = classify(ack, sent_control_id=msg.control_id, is_resend=is_resend,
                             policy=dest.ack)
@@ -342,21 +377,23 @@ class DestinationWorker:
                                               "attempt": msg.attempts + 1})
 
     # ------------------------------------------------------------------ helpers
-    async def _idle(self, stop: asyncio.Event) -> None:
-        self.wake.clear()
-        timeout = _IDLE_POLL_SECONDS
-        ready_at = await self.store.next_ready_at(self.name)
-        if ready_at is not None:  # a floor: never spin on a lane that is about to free up
-            timeout = min(timeout, max(_MIN_IDLE_SECONDS, ready_at - time.time()))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                waiters = [asyncio.ensure_future(self.wake.wait()),
-                           asyncio.ensure_future(stop.wait())]
-                try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waiters:
-                        w.cancel()
+    async def _idle(self, slot: int, stop: asyncio.Event) -> None:
+        """Wait for a notice, the stop, or the next poll (operator actions from another
+        process, a lane's back-off ending)."""
+        wake = self._idle_slots[slot] = asyncio.Event()
+        try:
+            timeout = _IDLE_POLL_SECONDS
+            ready_at = await self.store.next_ready_at(self.name)
+            if ready_at is not None:  # a floor: never spin on a lane that is about to free up
+                timeout = min(timeout, max(_MIN_IDLE_SECONDS, ready_at - time.time()))
+            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        finally:
+            del self._idle_slots[slot]
 
     def _set_connected(self, slot: int, up: bool) -> None:
         (self._connected.add if up else self._connected.discard)(slot)
