@@ -9,6 +9,7 @@ SAVEPOINT, so one failing call never takes the others of its group down with it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import sqlite3
@@ -86,13 +87,19 @@ class SQLiteStore(SQLiteInboundMixin):
         self._conn.close()
 
     # ------------------------------------------------------------------ the writer thread
-    async def _call(self, fn: Callable[[sqlite3.Connection], T], urgent: bool = False) -> T:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], urgent: bool = False,
+                    one_write: bool = False) -> T:
         """Run `fn` on the writer thread inside the next transaction. `urgent` calls (someone
         is waiting on the wire: a webhook, an MLLP sender) commit ahead of the rest of their
-        group, so a big processing commit never stands between a webhook and its 2xx."""
+        group, so a big processing commit never stands between a webhook and its 2xx.
+
+        Each call runs in its own savepoint, except a `one_write` call: it changes the store
+        with one statement, which SQLite already undoes alone if it fails. Every statement on
+        the writer gives the GIL away and waits to get it back, so two steps fewer per webhook
+        count while webhooks arrive."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._calls.put((fn, fut, loop, urgent))
+        self._calls.put((fn, fut, loop, urgent, one_write))
         return await fut
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -126,8 +133,8 @@ class SQLiteStore(SQLiteInboundMixin):
                     self._calls.put(_STOP)
                     break
                 group.append(item)
-            urgent = [(fn, fut, loop) for fn, fut, loop, u in group if u]
-            rest = [(fn, fut, loop) for fn, fut, loop, u in group if not u]
+            urgent = [(fn, fut, loop, one) for fn, fut, loop, u, one in group if u]
+            rest = [(fn, fut, loop, one) for fn, fut, loop, u, one in group if not u]
             for part in (urgent, rest):
                 if part:
                     self._run_group(conn, part)
@@ -137,16 +144,19 @@ class SQLiteStore(SQLiteInboundMixin):
         results: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut, loop in group:
-                conn.execute("SAVEPOINT call")
+            for fn, fut, loop, one_write in group:
+                if not one_write:
+                    conn.execute("SAVEPOINT call")
                 try:
                     value = fn(conn)
                 except Exception as exc:  # noqa: BLE001 - handed to the caller
-                    conn.execute("ROLLBACK TO call")
-                    conn.execute("RELEASE call")
+                    if not one_write:
+                        conn.execute("ROLLBACK TO call")
+                        conn.execute("RELEASE call")
                     results.append((fut, loop, False, exc))
                 else:
-                    conn.execute("RELEASE call")
+                    if not one_write:
+                        conn.execute("RELEASE call")
                     results.append((fut, loop, True, value))
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the commit failed: nobody got anything
@@ -154,7 +164,7 @@ class SQLiteStore(SQLiteInboundMixin):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            results = [(fut, loop, False, exc) for fn, fut, loop in group]
+            results = [(fut, loop, False, exc) for fn, fut, loop, _ in group]
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for fut, loop, ok, value in results:
             by_loop.setdefault(loop, []).append((fut, ok, value))
@@ -192,7 +202,7 @@ class SQLiteStore(SQLiteInboundMixin):
             ).fetchone()
             return AcceptResult(row[0], True, row[1])
 
-        return await self._call(fn, urgent=True)
+        return await self._call(fn, urgent=True, one_write=True)
 
     # ------------------------------------------------------------------ processing
     async def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
@@ -651,52 +661,140 @@ def _events(conn: sqlite3.Connection, state: str, limit: int,
 
 
 def _apply_processed(conn: sqlite3.Connection, results: list[ProcessedEvent], now: float) -> None:
-    """A batch's results, statement by statement for the whole batch where order allows (one
-    call into SQLite per statement instead of one per event: this runs on the writer)."""
-    marked = conn.executemany(
-        "UPDATE received_events SET state = ?, reason = ?, processed_at = ? WHERE id = ?"
-        " AND state = 'pending'",
-        [(r.state, r.reason, now, r.event_id) for r in results],
-    ).rowcount
+    """A batch's results in a fixed number of statements for the whole batch (its rows bound
+    as one multi-row VALUES each), plus one insert per message. This runs on the writer
+    thread, where every statement step gives the GIL away and waits to get it back from a
+    busy event loop: while webhooks arrive, steps cost more than SQLite's own work."""
+    marked = 0
+    for part in _parts([(r.event_id, r.state, r.reason) for r in results]):
+        marked += conn.execute(
+            "UPDATE received_events SET state = v.column2, reason = v.column3,"
+            f" processed_at = ? FROM ({_values(part)}) AS v"
+            " WHERE received_events.id = v.column1 AND received_events.state = 'pending'",
+            (now, *_flat(part)),
+        ).rowcount
     if marked != len(results):  # processed already: writing again would queue it twice
         raise base.NotPending(f"{len(results) - marked} of {len(results)} events are no"
                               " longer pending")
-    conn.executemany(  # in event order: the last state of an appointment wins
-        "INSERT INTO appointments (appointment_id, state, updated_at) VALUES (?,?,?)"
-        " ON CONFLICT (appointment_id) DO UPDATE SET state = excluded.state,"
-        " updated_at = excluded.updated_at",
-        [(r.appointment_id, r.appointment_state, now) for r in results
-         if r.appointment_id and r.appointment_state is not None],
-    )
-    conn.executemany(
-        "INSERT INTO booking_uids (uid, appointment_id) VALUES (?,?) ON CONFLICT (uid) DO NOTHING",
-        [link for r in results for link in r.uid_links.items()],
-    )
-    with_messages = [r.event_id for r in results if r.messages]
-    received = {
-        row[0]: row[1:] for row in conn.execute(
-            "SELECT id, received_at, correlation_id FROM received_events"
-            " WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(with_messages),))
-    } if with_messages else {}
-    for r in results:  # messages in event order: that is their order in each lane
-        accepted_at, correlation_id = received.get(r.event_id, (None, None))
-        for m in r.messages:
-            _enqueue(conn, m, r.event_id, now, accepted_at, correlation_id)
-    conn.executemany(
-        AUDIT_INSERT,
-        [(a.at, a.kind, a.appointment_id, a.actor, a.trigger, a.source,
-          json.dumps(a.detail, separators=(",", ":"))) for r in results for a in r.audit],
-    )
+    states: dict[str, str] = {}  # in event order: the last state of an appointment wins
+    links: dict[str, str] = {}  # a booking uid keeps the first appointment it was linked to
+    for r in results:
+        if r.appointment_id and r.appointment_state is not None:
+            states[r.appointment_id] = r.appointment_state
+        for uid, appointment_id in r.uid_links.items():
+            links.setdefault(uid, appointment_id)
+    for part in _parts(list(states.items())):
+        conn.execute(
+            "INSERT INTO appointments (appointment_id, state, updated_at)"
+            f" SELECT v.column1, v.column2, ? FROM ({_values(part)}) AS v WHERE true"
+            " ON CONFLICT (appointment_id) DO UPDATE SET state = excluded.state,"
+            " updated_at = excluded.updated_at",
+            (now, *_flat(part)),
+        )
+    for part in _parts(list(links.items())):
+        conn.execute(f"INSERT INTO booking_uids (uid, appointment_id) {_values(part)}"
+                     " ON CONFLICT (uid) DO NOTHING", _flat(part))
+    messages = [(r.event_id, m) for r in results for m in r.messages]
+    if any(m.error for _, m in messages):  # born dead (rare): the lane logic message by message
+        for event_id, m in messages:
+            _enqueue(conn, m, event_id, now)
+    elif messages:
+        _enqueue_all(conn, messages, now)
+    audit = [(a.at, a.kind, a.appointment_id, a.actor, a.trigger, a.source,
+              json.dumps(a.detail, separators=(",", ":"))) for r in results for a in r.audit]
+    for part in _parts(audit):
+        conn.execute("INSERT INTO audit (at, kind, appointment_id, actor, trigger, source,"
+                     f" detail) {_values(part)}", _flat(part))
 
 
-def _enqueue(
-    conn: sqlite3.Connection,
-    m: base.NewMessage,
-    event_id: int,
-    now: float,
-    accepted_at: float | None,
-    correlation_id: str | None,
-) -> None:
+_ROWS_PER_STATEMENT = 128  # 7 columns x 128 rows stays far below SQLite's bound variables
+
+
+def _parts(rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+    return [rows[i:i + _ROWS_PER_STATEMENT] for i in range(0, len(rows), _ROWS_PER_STATEMENT)]
+
+
+def _values(rows: list[tuple[Any, ...]]) -> str:
+    """`VALUES (?,?),(?,?)` for these rows (in a FROM, in brackets: column1, column2...)."""
+    return _values_sql(len(rows), len(rows[0]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _values_sql(n_rows: int, n_columns: int) -> str:
+    row = "(" + ",".join("?" * n_columns) + ")"
+    return "VALUES " + ",".join([row] * n_rows)
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+_OUTBOUND_COLUMNS = (
+    "id, lane_id, event_id, channel, destination, appointment_id, message_type, control_id,"
+    " payload, event_json, status, hold_lane, last_error, created_at")
+
+
+def _insert_outbound(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """New messages (their columns in _OUTBOUND_COLUMNS order), each with its event's
+    received_at and correlation id."""
+    for part in _parts(rows):
+        conn.execute(
+            f"INSERT INTO outbound ({_OUTBOUND_COLUMNS}, accepted_at, correlation_id)"
+            " SELECT v.*, r.received_at, r.correlation_id"
+            f" FROM ({_values(part)}) AS v LEFT JOIN received_events r ON r.id = v.column3"
+            " ORDER BY v.column1",
+            _flat(part),
+        )
+
+
+def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMessage]],
+                 now: float) -> None:
+    """Queue a batch's messages (none born dead) in order: the lanes missing made in one
+    statement, the messages given their ids here (the ones SQLite would give them), and every
+    lane that was empty pointed at its first new message in one statement."""
+    keys = sorted({(m.destination, m.lane_key) for _, m in messages})
+    lanes: dict[tuple[str, str], tuple[int, int | None]] = {}
+    last_id = 0
+    for part in _parts(keys):
+        conn.execute(f"INSERT INTO lanes (destination, lane_key, ready_at)"
+                     f" SELECT v.column1, v.column2, ? FROM ({_values(part)}) AS v WHERE true"
+                     " ON CONFLICT (destination, lane_key) DO NOTHING", (now, *_flat(part)))
+        numbered = [(i, d, k) for i, (d, k) in enumerate(part)]
+        # one row back, numbers only: each row fetched would be one more step
+        found, last_id = conn.execute(
+            "SELECT (SELECT json_group_array(json_array(v.column1, l.id, l.head_id))"
+            f" FROM ({_values(numbered)}) AS v JOIN lanes l"
+            " ON l.destination = v.column2 AND l.lane_key = v.column3),"
+            " (SELECT coalesce(max(id), 0) FROM outbound)",
+            _flat(numbered),
+        ).fetchone()
+        for i, lane_id, head_id in json.loads(found):
+            lanes[part[i]] = (lane_id, head_id)
+    rows, heads, first_s12 = [], {}, set()
+    for message_id, (event_id, m) in enumerate(messages, start=last_id + 1):
+        lane_id, head_id = lanes[(m.destination, m.lane_key)]
+        if head_id is None:
+            heads.setdefault(lane_id, message_id)  # an empty lane: its first new message
+        if m.message_type.endswith("S12"):
+            first_s12.add((m.destination, m.appointment_id))
+        rows.append((message_id, lane_id, event_id, m.channel, m.destination, m.appointment_id,
+                     m.message_type, m.control_id, m.payload, m.event_json, base.QUEUED,
+                     int(m.hold_lane), None, now))
+    _insert_outbound(conn, rows)
+    # what follows an S12 must stay an S13/S14/S15, not become a second S12
+    for part in _parts(sorted(first_s12)):
+        conn.execute(f"INSERT INTO destination_appointments (destination, appointment_id)"
+                     f" {_values(part)} ON CONFLICT DO NOTHING", _flat(part))
+    if heads:
+        conn.execute(
+            "UPDATE lanes SET head_id = h.value, held = 0, ready_at = ?, owner = NULL,"
+            " lease_until = NULL FROM json_each(?) AS h WHERE lanes.id = CAST(h.key AS INTEGER)",
+            (now, json.dumps({str(k): v for k, v in heads.items()})),
+        )
+
+
+def _enqueue(conn: sqlite3.Connection, m: base.NewMessage, event_id: int, now: float) -> None:
+    """Queue one message (the path for batches with a message born dead)."""
     lane = conn.execute(
         "SELECT id, head_id FROM lanes WHERE destination = ? AND lane_key = ?",
         (m.destination, m.lane_key),
@@ -709,14 +807,10 @@ def _enqueue(
         ).fetchone()
     lane_id, head_id = lane
     status = base.DEAD if m.error else base.QUEUED
-    message_id = conn.execute(
-        "INSERT INTO outbound (lane_id, event_id, channel, destination, appointment_id,"
-        " message_type, control_id, payload, event_json, status, hold_lane, last_error,"
-        " created_at, accepted_at, correlation_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (lane_id, event_id, m.channel, m.destination, m.appointment_id, m.message_type,
-         m.control_id, m.payload, m.event_json, status, int(m.hold_lane), m.error, now,
-         accepted_at, correlation_id),
-    ).lastrowid or 0
+    (message_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM outbound").fetchone()
+    _insert_outbound(conn, [(message_id, lane_id, event_id, m.channel, m.destination,
+                              m.appointment_id, m.message_type, m.control_id, m.payload,
+                              m.event_json, status, int(m.hold_lane), m.error, now)])
     # a dead-at-render S12 counts too: it waits in the lane for a fix and a reprocess, and
     # what follows it must stay an S13/S14/S15, not become a second S12
     if m.message_type.endswith("S12"):
