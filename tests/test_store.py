@@ -467,3 +467,23 @@ async def test_an_attempt_is_logged_under_the_control_id_that_went_out(store) ->
     log = (await store.message(sent.id))["attempt_log"]
     assert [(a["control_id"], a["outcome"]) for a in log] == [
         ("A1", "delivered"), ("A1-fixed", "delivered")]
+
+
+async def test_sqlite_wal_is_copied_into_the_database_while_it_runs(tmp_path) -> None:
+    """The writer never checkpoints inside a commit; a thread of the store does, so the
+    database file takes in what was written and the WAL does not grow without end."""
+    from engine.store.sqlite import SQLiteStore
+
+    s = SQLiteStore(tmp_path / "store.sqlite3")
+    await s.open()
+    try:
+        before = (tmp_path / "store.sqlite3").stat().st_size
+        filler = b"x" * 4000
+        await asyncio.gather(*(s.accept_webhook(webhook(b'{"n":%d,"f":"%s"}' % (i, filler)))
+                               for i in range(600)))  # about 2.4 MB of bodies
+        deadline = time.monotonic() + 10
+        while (tmp_path / "store.sqlite3").stat().st_size < before + 2_000_000:
+            assert time.monotonic() < deadline, "nothing was checkpointed into the database file"
+            await asyncio.sleep(0.05)
+    finally:
+        await s.close()

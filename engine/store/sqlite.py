@@ -36,6 +36,7 @@ from engine.store.sqlite_inbound import SQLiteInboundMixin, read_inbound_origins
 T = TypeVar("T")
 _MIN_SQLITE = (3, 38, 0)
 _MAX_GROUP = 512  # calls per transaction; bounds the latency of the first one in a group
+_CHECKPOINT_SECONDS = 0.2  # how often the WAL is copied into the database file, if it grew
 _STOP = object()
 
 
@@ -45,6 +46,9 @@ class SQLiteStore(SQLiteInboundMixin):
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        self._written = threading.Event()  # the writer committed since the last checkpoint
         # reads run on their own connection and thread (WAL: readers never wait for the
         # writer), so the processor can read its next batch while the last one commits
         self._reader: ThreadPoolExecutor | None = None
@@ -60,9 +64,13 @@ class SQLiteStore(SQLiteInboundMixin):
                 f" this Python uses {sqlite3.sqlite_version}. Run a newer Python build, or"
                 " use PostgreSQL with --store postgresql://...")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # the batch statements vary in their number of rows: keep their plans
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               cached_statements=512)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a 2xx is only sent after the fsync
+        # checkpoints run on their own thread (see _checkpoints), never inside a commit
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA busy_timeout=10000")  # operator CLIs write from other processes
         conn.execute("PRAGMA foreign_keys=ON")
         _migrate(conn)
@@ -73,6 +81,10 @@ class SQLiteStore(SQLiteInboundMixin):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
         self._thread.start()
+        self._stop_checkpoints.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoints, name="sqlite-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._thread is None:
@@ -80,6 +92,10 @@ class SQLiteStore(SQLiteInboundMixin):
         self._calls.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         assert self._conn is not None and self._reader is not None
         self._reader.shutdown(wait=True)
         assert self._read_conn is not None
@@ -138,6 +154,25 @@ class SQLiteStore(SQLiteInboundMixin):
             for part in (urgent, rest):
                 if part:
                     self._run_group(conn, part)
+            self._written.set()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL into the database file every _CHECKPOINT_SECONDS while there are
+        writes. SQLite's automatic checkpoint would run inside whichever commit crossed
+        its threshold, and a webhook in that group waited tens of milliseconds for it. A
+        PASSIVE checkpoint on another connection takes no write lock: commits go on."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop_checkpoints.wait(_CHECKPOINT_SECONDS):
+                if not self._written.is_set():
+                    continue
+                self._written.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:  # busy, say: the next round copies what this did not
+                    self._written.set()
+        finally:
+            conn.close()
 
     @staticmethod
     def _run_group(conn: sqlite3.Connection, group: list[Any]) -> None:
