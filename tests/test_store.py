@@ -487,3 +487,51 @@ async def test_sqlite_wal_is_copied_into_the_database_while_it_runs(tmp_path) ->
             await asyncio.sleep(0.05)
     finally:
         await s.close()
+
+
+async def test_a_group_of_deliveries_moves_each_lane_as_one_at_a_time_would(store) -> None:
+    """One record_attempts call with every kind of lane behind a delivered head: a next
+    message queued, born dead (holding), born dead (skipped), none; plus a claim that was
+    taken over meanwhile. Each lane ends as if its outcome had been recorded alone."""
+    r = await store.accept_webhook(webhook(b'{"group":1}'))
+    await enqueue(store, r.event_id,
+                  message("A", "A1"), message("A", "A2", mtype="SIU^S13"),
+                  message("B", "B1"), message("B", "B2", mtype="SIU^S13", error="unmapped"),
+                  message("C", "C1"), message("C", "C2", mtype="SIU^S13", error="unmapped",
+                                                  hold=False),
+                  message("C", "C3", mtype="SIU^S15"),
+                  message("D", "D1"), message("E", "E1", destination="ehr2"))
+    now = time.time()
+    (stale,) = await store.claim_lane_heads("ehr2", 10, "slow-node", 1, now)
+    (taken,) = await store.claim_lane_heads("ehr2", 10, "fast-node", 30, now + 2)
+    heads = {m.control_id: m for m in await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)}
+    assert sorted(heads) == ["A1", "B1", "C1", "D1"]
+    group = [AttemptRecord(m.id, m.lane_id, m.fence, "delivered", now + 3, ack=b"MSA|AA",
+                           ack_code="AA", control_id=m.control_id)
+             for m in [*heads.values(), stale]]
+    await store.record_attempts(group)
+
+    by_control = {}
+    for i in range(1, 20):
+        info = await store.message(i)
+        if info:
+            by_control[info["control_id"]] = info
+    for cid in ("A1", "B1", "C1", "D1"):
+        assert by_control[cid]["status"] == "acked", cid
+        assert [a["control_id"] for a in by_control[cid]["attempt_log"]] == [cid]
+    assert by_control["C2"]["status"] == "skipped"  # born dead, not holding: passed over
+    assert by_control["B2"]["status"] == "dead"
+    # the taken-over claim logged its attempt but decided nothing
+    assert by_control["E1"]["status"] == "queued"
+    assert [a["control_id"] for a in by_control["E1"]["attempt_log"]] == ["E1"]
+    assert taken.fence > stale.fence
+    # next heads: A2 and C3; B is held by its dead B2; D is empty
+    later = await store.claim_lane_heads("ehr", 10, "n2", 30, now + 4)
+    assert sorted(m.control_id for m in later) == ["A2", "C3"]
+    assert [d["control_id"] for d in await store.dead_letters(10)] == ["B2"]
+    summary = {s["destination"]: s for s in await store.queue_summary(now + 4)}
+    assert summary["ehr"]["held_lanes"] == 1
+    sent = [e for e in await store.audit(None, None, 50) if e["kind"] == "sent"]
+    assert [(e["appointment_id"], e["detail"]["control_id"], e["detail"]["outcome"],
+             e["detail"]["channel"], e["source"]) for e in sent] == [
+        (c, f"{c}1", "delivered", "ch", "ehr") for c in "ABCD"]
