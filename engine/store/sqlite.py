@@ -3,7 +3,13 @@
 All work runs on one dedicated thread that owns the connection. Calls queue up while a
 transaction is being committed, and the next transaction takes every queued call at once:
 one fsync acknowledges a whole group of webhooks (group commit). Each call runs inside its own
-SAVEPOINT, so one failing call never takes the others of its group down with it.
+SAVEPOINT (or is one statement), so one failing call never takes the others of its group down
+with it.
+
+The writer shares the GIL with the event loop, and every statement step releases it and waits
+to take it back: the hot paths (a processed batch, a claim, a group of deliveries) therefore
+run a fixed number of statements per batch, each binding all its rows at once. Checkpoints run
+on a thread of their own, never inside a commit.
 """
 
 from __future__ import annotations
