@@ -469,22 +469,53 @@ async def test_an_attempt_is_logged_under_the_control_id_that_went_out(store) ->
         ("A1", "delivered"), ("A1-fixed", "delivered")]
 
 
-async def test_sqlite_wal_is_copied_into_the_database_while_it_runs(tmp_path) -> None:
-    """The writer never checkpoints inside a commit; a thread of the store does, so the
-    database file takes in what was written and the WAL does not grow without end."""
+async def test_sqlite_wal_is_copied_into_the_database_and_stays_bounded(tmp_path) -> None:
+    """Under writes that never pause, the database file takes in what was written and the
+    WAL is rewound (a store that only ran PASSIVE checkpoints beside the writer, with the
+    writer's own turned off, let it grow past a gigabyte)."""
+    from engine.store.sqlite import SQLiteStore
+
+    s = SQLiteStore(tmp_path / "store.sqlite3")
+    await s.open()
+    db, wal = tmp_path / "store.sqlite3", tmp_path / "store.sqlite3-wal"
+    try:
+        before = db.stat().st_size
+        filler = b"x" * 4000
+        largest_wal = 0
+        for start in range(0, 12_000, 400):  # about 48 MB of bodies, written without a pause
+            await asyncio.gather(*(s.accept_webhook(webhook(b'{"n":%d,"f":"%s"}' % (i, filler)))
+                                   for i in range(start, start + 400)))
+            largest_wal = max(largest_wal, wal.stat().st_size)
+        assert largest_wal < 32_000_000, f"the WAL grew to {largest_wal:,} bytes"
+        deadline = time.monotonic() + 10
+        while db.stat().st_size < before + 40_000_000:
+            assert time.monotonic() < deadline, "nothing was checkpointed into the database file"
+            await asyncio.sleep(0.05)
+    finally:
+        await s.close()
+
+
+async def test_sqlite_a_full_disk_stores_nothing_it_refused(tmp_path) -> None:
+    """A full disk makes SQLite undo the whole transaction, not one statement: every webhook
+    of that group must then be refused, and none of them stored behind its caller's back."""
     from engine.store.sqlite import SQLiteStore
 
     s = SQLiteStore(tmp_path / "store.sqlite3")
     await s.open()
     try:
-        before = (tmp_path / "store.sqlite3").stat().st_size
-        filler = b"x" * 4000
-        await asyncio.gather(*(s.accept_webhook(webhook(b'{"n":%d,"f":"%s"}' % (i, filler)))
-                               for i in range(600)))  # about 2.4 MB of bodies
-        deadline = time.monotonic() + 10
-        while (tmp_path / "store.sqlite3").stat().st_size < before + 2_000_000:
-            assert time.monotonic() < deadline, "nothing was checkpointed into the database file"
-            await asyncio.sleep(0.05)
+        pages = await s._call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await s._call(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 40}"))
+        bodies = [b'{"full":%d,"f":"%s"}' % (i, b"y" * 6000) for i in range(60)]
+        answers = await asyncio.gather(*(s.accept_webhook(webhook(b)) for b in bodies),
+                                       return_exceptions=True)
+        refused = [b for b, a in zip(bodies, answers) if isinstance(a, BaseException)]
+        assert refused, "the disk never filled up: the test proves nothing"
+        await s._call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        for body, answer in zip(bodies, answers):
+            again = await s.accept_webhook(webhook(body))
+            stored_before = again.duplicate
+            assert stored_before == (not isinstance(answer, BaseException)), (
+                "refused but stored" if stored_before else "accepted but not stored")
     finally:
         await s.close()
 

@@ -8,8 +8,7 @@ with it.
 
 The writer shares the GIL with the event loop, and every statement step releases it and waits
 to take it back: the hot paths (a processed batch, a claim, a group of deliveries) therefore
-run a fixed number of statements per batch, each binding all its rows at once. Checkpoints run
-on a thread of their own, never inside a commit.
+run a fixed number of statements per batch, each binding all its rows at once.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from engine.store.sqlite_inbound import SQLiteInboundMixin, read_inbound_origins
 T = TypeVar("T")
 _MIN_SQLITE = (3, 38, 0)
 _MAX_GROUP = 512  # calls per transaction; bounds the latency of the first one in a group
-_CHECKPOINT_SECONDS = 0.2  # how often the WAL is copied into the database file, if it grew
 _STOP = object()
 
 
@@ -52,9 +50,6 @@ class SQLiteStore(SQLiteInboundMixin):
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._checkpointer: threading.Thread | None = None
-        self._stop_checkpoints = threading.Event()
-        self._written = threading.Event()  # the writer committed since the last checkpoint
         # reads run on their own connection and thread (WAL: readers never wait for the
         # writer), so the processor can read its next batch while the last one commits
         self._reader: ThreadPoolExecutor | None = None
@@ -75,8 +70,6 @@ class SQLiteStore(SQLiteInboundMixin):
                                cached_statements=512)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a 2xx is only sent after the fsync
-        # checkpoints run on their own thread (see _checkpoints), never inside a commit
-        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("PRAGMA busy_timeout=10000")  # operator CLIs write from other processes
         conn.execute("PRAGMA foreign_keys=ON")
         _migrate(conn)
@@ -87,10 +80,6 @@ class SQLiteStore(SQLiteInboundMixin):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._thread = threading.Thread(target=self._run, name="sqlite-store", daemon=True)
         self._thread.start()
-        self._stop_checkpoints.clear()
-        self._checkpointer = threading.Thread(target=self._checkpoints, name="sqlite-checkpoint",
-                                              daemon=True)
-        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._thread is None:
@@ -98,10 +87,6 @@ class SQLiteStore(SQLiteInboundMixin):
         self._calls.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
-        self._stop_checkpoints.set()
-        if self._checkpointer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
-            self._checkpointer = None
         assert self._conn is not None and self._reader is not None
         self._reader.shutdown(wait=True)
         assert self._read_conn is not None
@@ -116,7 +101,8 @@ class SQLiteStore(SQLiteInboundMixin):
         group, so a big processing commit never stands between a webhook and its 2xx.
 
         Each call runs in its own savepoint, except a `one_write` call: it changes the store
-        with one statement, which SQLite already undoes alone if it fails. Every statement on
+        with one statement, which SQLite undoes alone if it fails (or, for a full disk or an
+        I/O error, undoes the whole transaction: then the whole group fails). Every statement on
         the writer gives the GIL away and waits to get it back, so two steps fewer per webhook
         count while webhooks arrive."""
         loop = asyncio.get_running_loop()
@@ -160,25 +146,6 @@ class SQLiteStore(SQLiteInboundMixin):
             for part in (urgent, rest):
                 if part:
                     self._run_group(conn, part)
-            self._written.set()
-
-    def _checkpoints(self) -> None:
-        """Copy the WAL into the database file every _CHECKPOINT_SECONDS while there are
-        writes. SQLite's automatic checkpoint would run inside whichever commit crossed
-        its threshold, and a webhook in that group waited tens of milliseconds for it. A
-        PASSIVE checkpoint on another connection takes no write lock: commits go on."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            while not self._stop_checkpoints.wait(_CHECKPOINT_SECONDS):
-                if not self._written.is_set():
-                    continue
-                self._written.clear()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:  # busy, say: the next round copies what this did not
-                    self._written.set()
-        finally:
-            conn.close()
 
     @staticmethod
     def _run_group(conn: sqlite3.Connection, group: list[Any]) -> None:
@@ -191,6 +158,8 @@ class SQLiteStore(SQLiteInboundMixin):
                 try:
                     value = fn(conn)
                 except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    if not conn.in_transaction:  # SQLite rolled it all back (disk full...):
+                        raise  # the whole group fails, and nothing after it runs alone
                     if not one_write:
                         conn.execute("ROLLBACK TO call")
                         conn.execute("RELEASE call")
@@ -297,6 +266,9 @@ class SQLiteStore(SQLiteInboundMixin):
         return await self._call(fn, urgent=True)
 
     async def record_attempts(self, records: list[AttemptRecord]) -> None:
+        if not records:
+            return
+
         def fn(conn: sqlite3.Connection) -> None:
             if (all(r.outcome == "delivered" and r.control_id for r in records)
                     and len({r.lane_id for r in records}) == len(records)):
@@ -800,7 +772,8 @@ def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMes
     """Queue a batch's messages (none born dead) in order: the lanes missing made in one
     statement, the messages given their ids here (the ones SQLite would give them), and every
     lane that was empty pointed at its first new message in one statement."""
-    keys = sorted({(m.destination, m.lane_key) for _, m in messages})
+    # in event order: new lanes get their ids, and so their claim order, as events came
+    keys = list(dict.fromkeys((m.destination, m.lane_key) for _, m in messages))
     lanes: dict[tuple[str, str], tuple[int, int | None]] = {}
     last_id = 0
     for part in _parts(keys):
