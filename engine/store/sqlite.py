@@ -682,7 +682,7 @@ def _events(conn: sqlite3.Connection, state: str, limit: int,
 
 def _apply_processed(conn: sqlite3.Connection, results: list[ProcessedEvent], now: float) -> None:
     """A batch's results in a fixed number of statements for the whole batch (its rows bound
-    as one multi-row VALUES each), plus one insert per message. This runs on the writer
+    as one multi-row VALUES each, 128 rows at most per statement). This runs on the writer
     thread, where every statement step gives the GIL away and waits to get it back from a
     busy event loop: while webhooks arrive, steps cost more than SQLite's own work."""
     marked = 0
@@ -806,11 +806,11 @@ def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMes
     for part in _parts(sorted(first_s12)):
         conn.execute(f"INSERT INTO destination_appointments (destination, appointment_id)"
                      f" {_values(part)} ON CONFLICT DO NOTHING", _flat(part))
-    if heads:
+    for part in _parts(list(heads.items())):  # what _set_head does, for every empty lane
         conn.execute(
-            "UPDATE lanes SET head_id = h.value, held = 0, ready_at = ?, owner = NULL,"
-            " lease_until = NULL FROM json_each(?) AS h WHERE lanes.id = CAST(h.key AS INTEGER)",
-            (now, json.dumps({str(k): v for k, v in heads.items()})),
+            "UPDATE lanes SET head_id = v.column2, held = 0, ready_at = ?, owner = NULL,"
+            f" lease_until = NULL FROM ({_values(part)}) AS v WHERE lanes.id = v.column1",
+            (now, *_flat(part)),
         )
 
 
