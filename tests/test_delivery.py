@@ -203,14 +203,18 @@ async def test_resend_answered_with_duplicate_key_counts_as_delivered(tmp_path: 
 
 async def test_a_slow_ehrs_lanes_spread_over_every_connection(tmp_path: Path, store_url: str | None) -> None:
     """Lanes run in parallel up to the connection limit: with an EHR that takes 40 ms per ACK,
-    a backlog of lanes must not go out one by one on a single connection."""
+    a backlog of lanes must not go out one by one on a single connection.
+
+    A connection leases at most two claims of ~0.25 s of sending (6 lanes each at 40 ms), so
+    more than 3 x 12 lanes leave work for the fourth whichever connection reaches the EHR
+    first; with fewer, three connections may rightly carry them all."""
     channels = fast_channels(tmp_path, connection={"max_connections": 4})
     async with running_engine(tmp_path, store_url=store_url, channels_dir=channels,
                               start_sims=False) as eng:
-        await post_stories(eng, 30, seed=21)
+        await post_stories(eng, 120, seed=21)
         await eventually(lambda: _processed(eng))
         lanes = len(await eng.store.lanes("ehr-main", 1000))
-        assert lanes >= 12  # a backlog of lanes, all waiting for the EHR
+        assert lanes >= 48, lanes  # a backlog of lanes, all waiting for the EHR
         main = await run_sim("127.0.0.1", eng.sims["ports"]["main"], SimPolicy(delay_ms=40),
                              tmp_path / "main.jsonl")
         legacy = await run_sim("127.0.0.1", eng.sims["ports"]["legacy"],
