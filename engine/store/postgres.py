@@ -57,7 +57,12 @@ from engine.store.base import (
     StoredEvent,
 )
 from engine.store.migrations import load_migrations
-from engine.store.postgres_common import AUDIT_INSERT, audit_operator, pg_json, pg_text
+from engine.store.postgres_common import (
+    AUDIT_INSERT_MANY,
+    audit_operator,
+    pg_json,
+    pg_text,
+)
 from engine.store.postgres_inbound import PostgresInboundMixin
 
 log = logging.getLogger("calhl7.store")
@@ -176,7 +181,7 @@ class PostgresStore(PostgresInboundMixin):
         self._closing = False
         self._pool = await asyncpg.create_pool(
             self.url, min_size=self._min, max_size=self._max, command_timeout=60,
-            server_settings=self._settings("calhl7"),
+            server_settings=self._settings("calhl7"), reset=_keep_session,
         )
 
     async def close(self) -> None:
@@ -367,27 +372,34 @@ class PostgresStore(PostgresInboundMixin):
             if _rowcount(status) != len(marks):
                 raise NotPending(f"{len(marks) - _rowcount(status)} of {len(marks)} events"
                                  " were no longer pending")
-            states = [(pg_text(r.appointment_id), r.appointment_state, now) for r in results
-                      if r.appointment_id and r.appointment_state is not None]
-            if states:  # in order: a later result for the same appointment wins
-                await conn.executemany(
+            # one statement per table, each row once: a later result for the same
+            # appointment wins, the first link of a uid stays (as row by row did)
+            states = {pg_text(r.appointment_id): pg_text(r.appointment_state) for r in results
+                      if r.appointment_id and r.appointment_state is not None}
+            if states:
+                await conn.execute(
                     "INSERT INTO appointments (appointment_id, state, updated_at)"
-                    " VALUES ($1, $2, $3) ON CONFLICT (appointment_id) DO UPDATE"
+                    " SELECT a, s, $3 FROM unnest($1::text[], $2::text[]) AS t (a, s)"
+                    " ON CONFLICT (appointment_id) DO UPDATE"
                     " SET state = excluded.state, updated_at = excluded.updated_at",
-                    [(a, pg_text(s), t) for a, s, t in states],
+                    list(states), list(states.values()), now,
                 )
-            links = [(pg_text(u), pg_text(a)) for r in results for u, a in r.uid_links.items()]
+            links: dict[str, str] = {}
+            for r in results:
+                for uid, appointment in r.uid_links.items():
+                    links.setdefault(pg_text(uid), pg_text(appointment))
             if links:
-                await conn.executemany(
-                    "INSERT INTO booking_uids (uid, appointment_id) VALUES ($1, $2)"
+                await conn.execute(
+                    "INSERT INTO booking_uids (uid, appointment_id)"
+                    " SELECT * FROM unnest($1::text[], $2::text[])"
                     " ON CONFLICT (uid) DO NOTHING",
-                    links,
+                    list(links), list(links.values()),
                 )
             if any(r.messages for r in results):
                 await _enqueue(conn, results, now)
             audit = [_audit_row(a) for r in results for a in r.audit]
             if audit:
-                await conn.executemany(AUDIT_INSERT, audit)
+                await conn.execute(AUDIT_INSERT_MANY, *_columns(audit, 7))
             wake = sorted({pg_text(m.destination) for r in results for m in r.messages
                            if not m.error})
             if wake:  # delivered to listeners when this transaction commits
@@ -794,6 +806,13 @@ class PostgresStore(PostgresInboundMixin):
 
 
 # ---------------------------------------------------------------------- helpers
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back as it is: the pool's default reset (unlock advisory
+    locks, UNLISTEN, RESET ALL) costs a round trip at every release, and ours never set any
+    of those (leadership and LISTEN have connections of their own). asyncpg still rolls back
+    a transaction left open."""
+
+
 def _rowcount(status: str) -> int:
     """asyncpg's command tag ('UPDATE 1') -> rows affected."""
     try:
