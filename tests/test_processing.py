@@ -16,6 +16,7 @@ from engine.channels.config import load_config
 from engine.metrics import Metrics
 from engine.processing import Batch, Processor, helper_process_init, process_batch
 from engine.sim.bookings import StoryTeller, compact
+from engine.store import base
 from tests.conftest import REPO
 from tests.engine_harness import eventually
 from tests.test_store import webhook
@@ -38,6 +39,9 @@ async def test_through_the_helper_too(store, helper_pool: ProcessPoolExecutor) -
     processor = await _batches_of_one(store, helper_pool)
     assert processor.helper_batches > 0
     assert (processor.batch_reader is not None) == (type(store).__name__ == "SQLiteStore")
+    if processor.batch_reader is not None:  # batches of one: the helper read every event
+        processed = await store.events(base.PROCESSED, 10_000)
+        assert processed and processor.helper_reads >= len(processed)
 
 
 async def _batches_of_one(store, pool: ProcessPoolExecutor | None) -> Processor:  # noqa: ANN001
