@@ -378,7 +378,7 @@ class Processor:
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.helper_batches = 0  # batches the helper process did (the rest ran here)
-        self.helper_reads = 0  # of those, batches it also read itself
+        self.helper_reads = 0  # of those, batches it also read itself (not empty ones)
         # while webhooks arrive, small batches: each step holds the event loop only briefly,
         # so a webhook's 2xx never waits long; once they stop, big ones drain the backlog fast
         self.busy_batch_size = 16
@@ -497,7 +497,8 @@ class Processor:
                 break
             # asked before the pipeline was reset: computed on results that did not land
         self.helper_batches += 1
-        self.helper_reads += 1
+        if answer.events:  # not an idle poll
+            self.helper_reads += 1
         return answer.events, answer.result
 
     def _helper_failed(self, exc: Exception) -> None:

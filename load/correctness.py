@@ -212,23 +212,32 @@ def check(data: str | Path, sims: dict[str, str | Path], ledger: str | Path | No
 
 
 def check_outbound(rows: list[tuple[Any, ...]], seen: list[dict[str, Any]]) -> dict[str, int]:
-    """The short check, on any store: `rows` are one destination's outbound rows (id,
-    appointment, MSH-10, status, ...), `seen` what its EHR received in arrival order.
-    lost: a message that is not dead and never arrived; unknown: an MSH-10 the store does not
-    know (a change sent under a second MSH-10); out_of_order: appointments whose messages
-    arrived in another order than they were queued."""
+    """The short check, on any store. `rows` are one destination's outbound rows (id,
+    appointment, MSH-10, status, event id, channel, message type), `seen` what its EHR received
+    in arrival order.
+      lost          a message that is not dead and never arrived
+      stuck         a message still queued (arrived or not: its ACK was never recorded)
+      unknown       an MSH-10 the store never gave out
+      duplicated    one change queued twice (two rows for one event, channel and type)
+      out_of_order  appointments whose messages arrived in another order than queued"""
     first: dict[str, int] = {}
     for i, s in enumerate(seen):
         first.setdefault(s["msh10"], i)
-    lost = sum(1 for r in rows if r[3] != "dead" and r[2] not in first)
-    unknown = len(set(first) - {r[2] for r in rows})
+    changes: dict[tuple[Any, ...], int] = defaultdict(int)
+    for r in rows:
+        changes[(r[4], r[5], r[6])] += 1
     arrivals: dict[str, list[int]] = defaultdict(list)
     for r in sorted(rows):
         if r[2] in first:
             arrivals[r[1]].append(first[r[2]])
-    out_of_order = sum(1 for a in arrivals.values() if a != sorted(a))
-    return {"lost": lost, "unknown": unknown, "out_of_order": out_of_order,
-            "dead": sum(1 for r in rows if r[3] == "dead")}
+    return {
+        "lost": sum(1 for r in rows if r[3] != "dead" and r[2] not in first),
+        "stuck": sum(1 for r in rows if r[3] == "queued"),
+        "unknown": len(set(first) - {r[2] for r in rows}),
+        "duplicated": sum(n - 1 for n in changes.values()),
+        "out_of_order": sum(1 for a in arrivals.values() if a != sorted(a)),
+        "dead": sum(1 for r in rows if r[3] == "dead"),
+    }
 
 
 def ok(res: dict[str, Any]) -> bool:

@@ -13,12 +13,13 @@ AUDIT_INSERT = (
     "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
 )
-# the same for many rows at once, a column per array, in array order
+# the same for many rows at once, a column per array; ids follow the arrays' order
 AUDIT_INSERT_MANY = (
     "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
     " SELECT at, kind, appointment_id, actor, trigger, source, detail::jsonb"
     " FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::text[]) AS t (at, kind, appointment_id, actor, trigger, source, detail)"
+    " $7::text[]) WITH ORDINALITY AS t (at, kind, appointment_id, actor, trigger, source,"
+    " detail, n) ORDER BY n"
 )
 
 
