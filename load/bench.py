@@ -40,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,19 @@ def rss_mb(pid: int) -> float:
 
 
 # ---------------------------------------------------------------------- intake
+@contextmanager
+def _fresh_engine() -> Iterator[int]:
+    """`calhl7 serve` on an empty data directory with the example channels: its HTTP port."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = Procs()
+        try:
+            _, port = start_engine(procs, Path(tmp) / "data", REPO / "channels",
+                                   engine_env(free_port()), Path(tmp) / "engine.out")
+            yield port
+        finally:
+            procs.stop()
+
+
 def bench_intake_suite(runs: int, seconds: float) -> None:
     """Accepted webhooks/s (closed loop) and latency at 500/s (open loop), the latter twice:
     on a fresh engine, which processes what arrives as it arrives (the floor's "at 500/s"),
@@ -131,24 +146,11 @@ def bench_intake_suite(runs: int, seconds: float) -> None:
                                            seconds))
         finally:
             procs.stop()
-        with tempfile.TemporaryDirectory() as tmp:
-            procs = Procs()
-            try:
-                _, port = start_engine(procs, Path(tmp) / "data", REPO / "channels",
-                                       engine_env(free_port()), Path(tmp) / "engine.out")
-                steady = asyncio.run(open_loop("127.0.0.1", port, iter(at_500), 500, seconds))
-            finally:
-                procs.stop()
-        with tempfile.TemporaryDirectory() as tmp:
-            procs = Procs()
-            try:
-                _, port = start_engine(procs, Path(tmp) / "data", REPO / "channels",
-                                       engine_env(free_port()), Path(tmp) / "engine.out")
-                res = asyncio.run(closed_loop("127.0.0.1", port, iter(pool[run * 7:]), 32,
-                                              seconds))
-                flood = asyncio.run(open_loop("127.0.0.1", port, iter(at_500), 500, seconds))
-            finally:
-                procs.stop()
+        with _fresh_engine() as port:
+            steady = asyncio.run(open_loop("127.0.0.1", port, iter(at_500), 500, seconds))
+        with _fresh_engine() as port:
+            res = asyncio.run(closed_loop("127.0.0.1", port, iter(pool[run * 7:]), 32, seconds))
+            flood = asyncio.run(open_loop("127.0.0.1", port, iter(at_500), 500, seconds))
         say(f"  run {run + 1}: bare {base.rate:,.0f}/s; calhl7 {res.rate:,.0f}/s "
             f"(ratio {res.rate / base.rate:.2f}); at 500/s p50 {steady.pct(50):.2f} ms "
             f"p99 {steady.pct(99):.2f} ms; after the flood p50 {flood.pct(50):.2f} ms "

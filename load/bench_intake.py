@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +68,20 @@ def start_engine(data: Path, port: int) -> subprocess.Popen[bytes]:
                              str(REPO / "channels")], env=env, cwd=REPO)
 
 
+@contextmanager
+def fresh_engine() -> Iterator[int]:
+    """`calhl7 serve` on an empty data directory: its HTTP port; stopped afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        eng = start_engine(Path(tmp), port)
+        try:
+            wait_port(port)
+            yield port
+        finally:
+            eng.terminate()
+            eng.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -85,25 +101,15 @@ def main() -> None:
         bare.terminate()
         bare.wait()
         at_rate = pool[-int(args.rate * args.seconds) - 10:]
-        with tempfile.TemporaryDirectory() as tmp:  # the fixed rate on a fresh engine
-            port = free_port()
-            eng = start_engine(Path(tmp), port)
-            wait_port(port)
+        with fresh_engine() as port:  # the fixed rate on a fresh engine
             lat = asyncio.run(open_loop("127.0.0.1", port, iter(at_rate), args.rate,
                                         args.seconds))
-            eng.terminate()
-            eng.wait()
-        with tempfile.TemporaryDirectory() as tmp:
-            port = free_port()
-            eng = start_engine(Path(tmp), port)
-            wait_port(port)
+        with fresh_engine() as port:
             it = iter(pool[run * 7:])  # fresh bodies: no duplicates
             res = asyncio.run(closed_loop("127.0.0.1", port, it, args.connections, args.seconds))
             # the fixed rate again, while the engine works through the flood's backlog
             flood = asyncio.run(open_loop("127.0.0.1", port, iter(at_rate), args.rate,
                                           args.seconds))
-            eng.terminate()
-            eng.wait()
         print(f"run {run + 1}: bare  {base.summary()}")
         print(f"run {run + 1}: calhl7 {res.summary()}")
         print(f"run {run + 1}: calhl7 at {args.rate:.0f}/s {lat.summary()}")

@@ -29,7 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,15 @@ def _drained(fetch: Any) -> bool:
     return queued == 0 and _intake(fetch)[1] == 0
 
 
+def _drain(fetch: Any) -> tuple[list[tuple[Any, ...]], int, int]:
+    """Wait (5 min at most) until nothing is queued or pending; then the outbound rows, the
+    webhooks stored, and those still pending (a drain that gave up shows in the check)."""
+    deadline = time.time() + 300
+    while not _drained(fetch) and time.time() < deadline:
+        time.sleep(0.1)
+    return fetch(_OUTBOUND), *_intake(fetch)
+
+
 def _intake(fetch: Any) -> tuple[int, int]:
     """Webhooks stored, and of those still pending."""
     stored, pending = fetch("SELECT COUNT(*), COUNT(*) FILTER (WHERE state = 'pending')"
@@ -122,7 +131,7 @@ async def _post_spread(ports: list[int], webhooks: list[bytes]) -> int:
 
 
 def once(kind: str, webhooks: list[bytes], connections: int, tmp: Path, nodes: int = 1) -> Run:
-    with (pg_schema() if kind == "postgres" else _no_schema()) as url:
+    with pg_schema() if kind == "postgres" else nullcontext() as url:
         procs = Procs()
         try:
             sim_port, sim_log = start_sim(procs, "sim", tmp)
@@ -141,21 +150,12 @@ def once(kind: str, webhooks: list[bytes], connections: int, tmp: Path, nodes: i
 
             t0 = time.time()
             answered = asyncio.run(_post_spread(ports, webhooks))
-            deadline = time.time() + 300
-            while not _drained(fetch) and time.time() < deadline:
-                time.sleep(0.1)
-            rows = fetch(_OUTBOUND)
-            stored, pending = _intake(fetch)
+            rows, stored, pending = _drain(fetch)
         finally:
             procs.stop()  # the simulator's log is complete once it has stopped
     acked_at = [r[7] for r in rows if r[3] == "acked"]
     rate = len(acked_at) / (max(acked_at) - t0) if acked_at else 0.0
     return Run(rate, _problems(rows, sim_log, answered, len(webhooks), stored, pending))
-
-
-@contextmanager
-def _no_schema() -> Iterator[None]:
-    yield None
 
 
 def failover_once(webhooks: list[bytes], connections: int, tmp: Path) -> dict[str, Any]:
@@ -164,24 +164,24 @@ def failover_once(webhooks: list[bytes], connections: int, tmp: Path) -> dict[st
         try:
             sim_port, sim_log = start_sim(procs, "sim", tmp)
             channels = main_only_channels(tmp / "channels", connections)
-            nodes = []
-            for name in ("node-a", "node-b"):  # a first: it takes every slot and the lead
-                proc, port = start_engine(procs, tmp / name, channels, engine_env(sim_port),
-                                          tmp / f"{name}.out",
-                                          ["--store", url, "--node-id", name])
-                nodes.append((proc, port))
-                time.sleep(1.0)
-            victim, (_, intake_port) = nodes[0][0], nodes[1]
-            killed = asyncio.run(_kill_mid_stream(url, victim, intake_port, webhooks))
 
             def fetch(sql: str) -> list[tuple[Any, ...]]:
                 return asyncio.run(_pg_fetch(url, sql))
 
-            deadline = time.time() + 300
-            while time.time() < deadline and not _drained(fetch):
-                time.sleep(0.2)
-            rows = fetch(_OUTBOUND)
-            stored, pending = _intake(fetch)
+            def start(name: str) -> tuple[Any, int]:
+                return start_engine(procs, tmp / name, channels, engine_env(sim_port),
+                                    tmp / f"{name}.out", ["--store", url, "--node-id", name])
+
+            victim, _ = start("node-a")  # first: it takes every slot (and the lead)
+            deadline = time.time() + 30
+            while fetch("SELECT COUNT(*) FROM destination_slots WHERE owner LIKE 'node-a/%'"
+                        )[0][0] < connections:
+                if time.time() > deadline:
+                    raise SystemExit("failover: node-a never took every connection slot")
+                time.sleep(0.05)
+            _, intake_port = start("node-b")
+            killed = asyncio.run(_kill_mid_stream(url, victim, intake_port, webhooks))
+            rows, stored, pending = _drain(fetch)
             # per lane the dead node held: its first ACK after the kill
             resumed = [r[0] for r in asyncio.run(_pg_fetch(
                 url, "SELECT MIN(acked_at) FROM outbound WHERE lane_id = ANY($1::bigint[])"

@@ -1,5 +1,6 @@
-"""load/bench_pg.py (through load/correctness.check_outbound) counts a run clean only when every message reached the EHR once, under
-its one MSH-10, in order per appointment: the check itself, on tables of cases."""
+"""load/bench_pg.py counts a run clean only when every message reached the EHR once, under its
+one MSH-10, in order per appointment: its check (load/correctness.check_outbound), on tables
+of cases."""
 
 from __future__ import annotations
 
