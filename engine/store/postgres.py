@@ -372,8 +372,8 @@ class PostgresStore(PostgresInboundMixin):
             if _rowcount(status) != len(marks):
                 raise NotPending(f"{len(marks) - _rowcount(status)} of {len(marks)} events"
                                  " were no longer pending")
-            # one statement per table, each row once: a later result for the same
-            # appointment wins, the first link of a uid stays (as row by row did)
+            # one statement per table, each row once: within a batch a later state of an
+            # appointment wins, and a booking uid keeps the first appointment it was linked to
             states = {pg_text(r.appointment_id): pg_text(r.appointment_state) for r in results
                       if r.appointment_id and r.appointment_state is not None}
             if states:
