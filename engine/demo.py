@@ -112,4 +112,5 @@ async def _demo(data: Path, quiet: bool = False) -> int:
         f"  ./dev audit {d}                # who booked, moved or cancelled what, what we sent\n"
         f"  ./dev render --channel channels/family-medicine.yaml "
         f"../shared/calcom/webhooks/booking_created.json")
-    return 0 if counts.get("events_pending", 0) == 0 and counts.get("messages_queued", 0) == 0 else 1
+    drained = counts.get("events_pending", 0) == 0 and counts.get("messages_queued", 0) == 0
+    return 0 if drained else 1

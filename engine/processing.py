@@ -36,9 +36,9 @@ from engine.appointments.state import AppointmentState
 from engine.channels.config import Config, load_config
 from engine.channels.routing import OutboundMessage, route
 from engine.hl7.controlid import new_control_id
+from engine.inbound.echo import echo_origin, echo_uids, webhook_payload
 from engine.metrics import Metrics
 from engine.store import base
-from engine.inbound.echo import echo_origin, echo_uids, webhook_payload
 from engine.store.base import (
     AuditEntry,
     BatchReader,

@@ -66,10 +66,13 @@ MAX_AGE_YEARS = 130
 
 # Booking-form fields that are not custom answers: they feed patient/location, or are free text.
 _SYSTEM_FIELDS = frozenset(
-    {"name", "email", "attendeePhoneNumber", "location", "title", "notes", "guests", "rescheduleReason"}
+    {"name", "email", "attendeePhoneNumber", "location", "title", "notes", "guests",
+     "rescheduleReason"}
 )
 # Custom question names that announce free text; matched case-insensitively as substrings.
-_FREE_TEXT_HINTS = ("note", "reason", "description", "comment", "symptom", "message", "complaint", "history")
+_FREE_TEXT_HINTS = (
+    "note", "reason", "description", "comment", "symptom", "message", "complaint", "history"
+)
 _DOB_KEYS = ("dateofbirth", "dob", "birthdate", "date_of_birth")
 _SEX_KEYS = ("sex", "gender", "sexatbirth", "administrativesex")
 _MRN_KEYS = ("mrn", "medicalrecordnumber")
@@ -84,7 +87,8 @@ class Normalization:
     disposition: Disposition
     event: AppointmentEvent | None = None
     state: AppointmentState | None = None  # to upsert; set whenever what we hold changed
-    uid_links: dict[str, str] = field(default_factory=dict)  # booking uid / iCalUID -> appointment_id
+    # booking uid / iCalUID -> appointment_id
+    uid_links: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # PHI-free; a field path when quarantined
     notes: tuple[str, ...] = ()  # PHI-free audit notes
 
@@ -112,7 +116,9 @@ def normalize(
 # --- booking triggers ---------------------------------------------------------------------
 
 
-def _booking(obj: Any, trigger: str, source: str, received_at: datetime, lookup: Lookup) -> Normalization:
+def _booking(
+    obj: Any, trigger: str, source: str, received_at: datetime, lookup: Lookup
+) -> Normalization:
     try:
         hook = BookingWebhook.model_validate(obj)
     except ValidationError as exc:
@@ -124,7 +130,9 @@ def _booking(obj: Any, trigger: str, source: str, received_at: datetime, lookup:
     if status not in STATUS_RANK:
         return Normalization("quarantined", reason="payload.status: unsupported value")
     notes: list[str] = []
-    draft = _snapshot(p, trigger, status, hook.createdAt or received_at, source, received_at.date(), notes)
+    draft = _snapshot(
+        p, trigger, status, hook.createdAt or received_at, source, received_at.date(), notes
+    )
 
     held = lookup(p.uid)
     if held is not None:
@@ -138,7 +146,9 @@ def _booking(obj: Any, trigger: str, source: str, received_at: datetime, lookup:
             notes.append("linked to its appointment by iCalUID")
     if prev is None:
         if p.rescheduleUid:
-            notes.append(f"reschedule of unseen booking {p.rescheduleUid}: sent as a new appointment")
+            notes.append(
+                f"reschedule of unseen booking {p.rescheduleUid}: sent as a new appointment"
+            )
         return _first_seen(draft, p, notes, chain_from=p.rescheduleUid)
     return _continuation(draft, prev, p, notes)
 
@@ -199,10 +209,14 @@ def _continuation(
         )
     if prev.current_status in TERMINAL_STATUSES:
         # Host "request reschedule": the EHR holds the old placer id as cancelled, for good.
-        notes.append(f"continues cancelled appointment {prev.appointment_id}: sent as a new appointment")
+        notes.append(
+            f"continues cancelled appointment {prev.appointment_id}: sent as a new appointment"
+        )
         return _first_seen(draft, p, notes, chain_from=None)
     if p.rescheduleUid and p.rescheduleUid != prev.current_uid:
-        notes.append(f"rescheduleUid {p.rescheduleUid} is not the current booking {prev.current_uid}")
+        notes.append(
+            f"rescheduleUid {p.rescheduleUid} is not the current booking {prev.current_uid}"
+        )
     last = prev.last_event
     kind = EventKind.CANCEL if draft.status in TERMINAL_STATUSES else EventKind.RESCHEDULE
     event = replace(
@@ -237,13 +251,18 @@ def _known_booking(
     """Another delivery for a booking uid we hold: apply it by precedence, not arrival."""
     if p.uid != held.current_uid:
         return Normalization(
-            "no_change", reason=f"booking {p.uid} superseded by {held.current_uid}", notes=tuple(notes)
+            "no_change", reason=f"booking {p.uid} superseded by {held.current_uid}",
+            notes=tuple(notes),
         )
     stored = held.statuses.get(p.uid, "")
     incoming, current = status_rank(draft.status), status_rank(stored)
     if incoming < current:
-        return Normalization("no_change", reason=f"stale: {draft.status} after {stored}", notes=tuple(notes))
-    if incoming == current and (stored in TERMINAL_STATUSES or _same_details(draft, held.last_event)):
+        return Normalization(
+            "no_change", reason=f"stale: {draft.status} after {stored}", notes=tuple(notes)
+        )
+    if incoming == current and (
+        stored in TERMINAL_STATUSES or _same_details(draft, held.last_event)
+    ):
         return Normalization("no_change", reason=f"already held: {stored}", notes=tuple(notes))
     last = held.last_event
     if draft.status in TERMINAL_STATUSES:
@@ -274,7 +293,9 @@ def _known_booking(
 
 
 def _changed(event: AppointmentEvent, state: AppointmentState, notes: list[str]) -> Normalization:
-    return Normalization("event", event=event, state=state, uid_links=_links(state), notes=tuple(notes))
+    return Normalization(
+        "event", event=event, state=state, uid_links=_links(state), notes=tuple(notes)
+    )
 
 
 def _links(state: AppointmentState) -> dict[str, str]:
@@ -300,7 +321,9 @@ def _same_details(a: AppointmentEvent, b: AppointmentEvent | None) -> bool:
 # --- no-show ------------------------------------------------------------------------------
 
 
-def _no_show(obj: Any, trigger: str, source: str, received_at: datetime, lookup: Lookup) -> Normalization:
+def _no_show(
+    obj: Any, trigger: str, source: str, received_at: datetime, lookup: Lookup
+) -> Normalization:
     try:
         hook = NoShowWebhook.model_validate(obj)
     except ValidationError as exc:
@@ -317,7 +340,10 @@ def _no_show(obj: Any, trigger: str, source: str, received_at: datetime, lookup:
     last = held.last_event
     flag = _patient_no_show_flag(hook.payload.attendees, last)
     if flag is None:
-        return Normalization("ignored", reason="payload.attendees: no entry for the patient (host or guest no-show)")
+        return Normalization(
+            "ignored",
+            reason="payload.attendees: no entry for the patient (host or guest no-show)",
+        )
     if flag == held.no_show:
         return Normalization("no_change", reason=f"no-show already {'marked' if flag else 'clear'}")
     event = replace(
@@ -365,7 +391,9 @@ def _snapshot(
     attendee = p.attendees[0] if p.attendees else None
     timezone = _timezone(p, notes)
     patient, kept = _patient(p, answers, today, notes)
-    team_emails = {_fold(m.get("email")) for m in (p.team.members if p.team else []) if isinstance(m, dict)}
+    team_emails = {
+        _fold(m.get("email")) for m in (p.team.members if p.team else []) if isinstance(m, dict)
+    }
     cancellation_reason = None
     by = None
     if status == "CANCELLED":
@@ -441,7 +469,11 @@ def _patient(
         last = _text(name.get("lastName")) or ""
     if not (first or last) and attendee:
         first, last = (attendee.firstName or "").strip(), (attendee.lastName or "").strip()
-    full = ((attendee.name or "").strip() if attendee else "") or _text(name) or " ".join(x for x in (first, last) if x)
+    full = (
+        ((attendee.name or "").strip() if attendee else "")
+        or _text(name)
+        or " ".join(x for x in (first, last) if x)
+    )
     if not (first or last) and full:
         parts = full.rsplit(None, 1)
         # No separator (e.g. a CJK name): the whole name is the family name, which HL7 requires.
@@ -475,7 +507,8 @@ def _patient(
         last_name=last,
         full_name=full,
         email=_text(answers.get("email")) or (attendee.email if attendee else None),
-        phone=_text(answers.get("attendeePhoneNumber")) or (attendee.phoneNumber if attendee else None),
+        phone=(_text(answers.get("attendeePhoneNumber"))
+               or (attendee.phoneNumber if attendee else None)),
         dob=dob,
         sex=sex,
         mrn=mrn,
@@ -485,7 +518,9 @@ def _patient(
     ), kept
 
 
-def _coded_answers(answers: Mapping[str, Any], kept: dict[str, str], notes: list[str]) -> dict[str, str]:
+def _coded_answers(
+    answers: Mapping[str, Any], kept: dict[str, str], notes: list[str]
+) -> dict[str, str]:
     """Short coded answers only: scheduling data may leave Cal.com, clinical free text may not."""
     out: dict[str, str] = {}
     for name, value in answers.items():
@@ -575,7 +610,8 @@ def _timezone(p: BookingPayload, notes: list[str]) -> str:
 def _location(p: BookingPayload, answered: Any) -> Location:
     raw = (p.location or "").strip()
     video = p.metadata.get("videoCallUrl")
-    url = video if isinstance(video, str) and video else (p.videoCallData.url if p.videoCallData else None)
+    url = (video if isinstance(video, str) and video
+           else (p.videoCallData.url if p.videoCallData else None))
     if raw.lower().startswith(("http://", "https://")):
         return Location(LocationKind.TELEHEALTH, raw, url=raw)
     if raw.startswith("integrations:"):

@@ -286,8 +286,9 @@ class CalcomApi:
             attempt += 1
             await self.budget.acquire()
             try:
-                resp = await self._client.request(method, path, headers={"cal-api-version": version},
-                                                  **kw)
+                resp = await self._client.request(
+                    method, path, headers={"cal-api-version": version}, **kw
+                )
             except httpx.ConnectError:  # never reached Cal.com: safe to repeat, even a write
                 self._count(endpoint, "network_error")
                 if attempt >= self.max_attempts:

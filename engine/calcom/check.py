@@ -45,7 +45,9 @@ def _is_json_type(content_type: str | None) -> bool:
     if content_type is None:
         return True  # no header: let the body decide
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _is_aware_time(value: Any) -> bool:
@@ -113,7 +115,9 @@ def check_object(obj: Any) -> WebhookCheck:
         return WebhookCheck("accept", trigger, uid)
     # PING, MEETING_*, payments, recordings, forms, automatic Cal Video no-show detection and
     # triggers newer than this code: stored for the record, nothing to send.
-    return WebhookCheck("ignore", trigger, _any_uid(obj), f"triggerEvent: {trigger[:64]} not handled")
+    return WebhookCheck(
+        "ignore", trigger, _any_uid(obj), f"triggerEvent: {trigger[:64]} not handled"
+    )
 
 
 def parse_body(body: bytes, content_type: str | None) -> tuple[Any, WebhookCheck | None]:

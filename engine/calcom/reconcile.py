@@ -14,7 +14,7 @@ byte-identical bodies and the second is a stored duplicate.
 Booking state -> body:
 | API status | rescheduledToUid | body |
 |---|---|---|
-| accepted | - | BOOKING_CREATED, or BOOKING_RESCHEDULED with rescheduleUid when rescheduledFromUid |
+| accepted | - | BOOKING_CREATED; BOOKING_RESCHEDULED with rescheduleUid when rescheduledFromUid |
 | pending  | - | BOOKING_REQUESTED (rescheduleUid when rescheduledFromUid) |
 | cancelled | set | none: it was replaced; the new booking's body carries the link |
 | cancelled | - | BOOKING_CANCELLED (rescheduleUid when rescheduledFromUid) |
@@ -252,7 +252,7 @@ async def reconcile_once(
             if not bodies:
                 summary.replaced += 1
                 continue
-            for trigger, body in bodies:
+            for _trigger, body in bodies:
                 if await _feed(store, source, body):
                     summary.fed += 1
                 else:

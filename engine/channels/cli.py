@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,26 @@ DEFAULT_DIR = os.environ.get("CALHL7_CHANNELS", "channels")
 
 def register(subparsers: Any) -> None:
     """Add `check`, `schema` and `render` to an argparse subparsers object."""
-    p = subparsers.add_parser("check", help="check channel and destination files; list every problem")
-    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"channel directory (default {DEFAULT_DIR})")
+    p = subparsers.add_parser(
+        "check", help="check channel and destination files; list every problem"
+    )
+    p.add_argument(
+        "dir", nargs="?", default=DEFAULT_DIR, help=f"channel directory (default {DEFAULT_DIR})"
+    )
     p.set_defaults(func=cmd_check)
 
-    p = subparsers.add_parser("schema", help="print the JSON Schema of channel and destination files")
+    p = subparsers.add_parser(
+        "schema", help="print the JSON Schema of channel and destination files"
+    )
     p.add_argument("--kind", choices=("all", "channel", "destination"), default="all")
     p.set_defaults(func=cmd_schema)
 
-    p = subparsers.add_parser("render", help="print the SIU a Cal.com webhook would produce on a channel")
-    p.add_argument("--channel", required=True, type=Path, help="channel file (its directory is loaded)")
+    p = subparsers.add_parser(
+        "render", help="print the SIU a Cal.com webhook would produce on a channel"
+    )
+    p.add_argument(
+        "--channel", required=True, type=Path, help="channel file (its directory is loaded)"
+    )
     p.add_argument("webhook", type=Path, help="Cal.com webhook body (JSON)")
     p.add_argument("--previous", action="append", default=[], type=Path, metavar="PREV.json",
                    help="earlier webhooks of the same booking, oldest first (repeatable)")
@@ -62,8 +72,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for channel in config.channels:
         # A template can compile and render yet produce a message the EHR would refuse.
         for problem in validate_strict(probe_message(config, channel)):
-            print(f"{config.channel_files[channel.name].name}: hl7.template: sample booking: {problem}",
-                  file=sys.stderr)
+            shown = config.channel_files[channel.name].name
+            print(f"{shown}: hl7.template: sample booking: {problem}", file=sys.stderr)
             bad += 1
     if bad:
         print(f"{bad} problem(s)", file=sys.stderr)
@@ -108,7 +118,8 @@ def field_table(er7: str) -> list[tuple[str, str]]:
 
 
 def _print_message(m: OutboundMessage, fields: bool) -> None:
-    print(f"# channel {m.channel} -> {m.destination}: {m.message_type}, MSH-10 {m.control_id}, lane {m.lane_key}")
+    print(f"# channel {m.channel} -> {m.destination}: {m.message_type}, "
+          f"MSH-10 {m.control_id}, lane {m.lane_key}")
     if m.error:
         print(f"# ERROR (would go to the error queue): {m.error}")
     for segment in filter(None, m.er7.split("\r")):
@@ -134,7 +145,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"{args.channel}: not a channel file of {channel_file.parent}", file=sys.stderr)
         return 1
     only = replace(config, channels=(config.channel(names[0]),))
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
 
     # What the engine would hold after the earlier webhooks: states, uid links, S12s queued.
     states: dict[str, Any] = {}
@@ -161,17 +172,19 @@ def cmd_render(args: argparse.Namespace) -> int:
         links.update(norm.uid_links)
         if norm.event is None:
             if last:
-                print(f"# {path.name}: {norm.disposition}" + (f" ({norm.reason})" if norm.reason else ""))
+                why = f" ({norm.reason})" if norm.reason else ""
+                print(f"# {path.name}: {norm.disposition}{why}")
             continue
         counter = iter(range(1, 1_000_000))
         result = route(norm.event, only, destination_has=lambda d, a: (d, a) in queued,
-                       make_control_id=lambda: f"PREVIEW{next(counter):06d}", now=now)
+                       make_control_id=lambda c=counter: f"PREVIEW{next(c):06d}", now=now)
         for m in result.messages:
             if m.trigger == "S12" and m.error is None:
                 queued.add((m.destination, m.appointment_id))
         if not last:
             continue
-        print(f"# {path.name}: {norm.event.kind.value} ({norm.event.trigger}, status {norm.event.status})")
+        ev = norm.event
+        print(f"# {path.name}: {ev.kind.value} ({ev.trigger}, status {ev.status})")
         if result.unrouted:
             print(f"# channel {names[0]}: its match rules do not take this booking")
         for channel, reason in result.skipped:

@@ -20,18 +20,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from engine.connection import ConnectionSettings
 from engine.delivery.policy import AckPolicy, RetryPolicy
 from engine.hl7.escape import check_wire_charset, codec_name
 from engine.hl7.render import SiuTemplate, TemplateError, default_template
-from engine.connection import ConnectionSettings
 
 _DELIMITERS = set("|^~&")
 
@@ -107,7 +108,11 @@ class Destination(_Model):
 class Match(_Model):
     """Which events a channel takes. Every listed rule must match; an empty rule matches all."""
 
-    locations: StrList = Field((), description="location keys: kind (in_person, telehealth, phone, other) or the Cal.com location value")
+    locations: StrList = Field(
+        (),
+        description="location keys: kind (in_person, telehealth, phone, other) "
+        "or the Cal.com location value",
+    )
     specialties: StrList = Field((), description="specialty names from maps.event_types/maps.teams")
     event_types: StrList = Field((), description="Cal.com event type ids or slugs")
     teams: StrList = Field((), description="Cal.com team ids or names")
@@ -116,7 +121,8 @@ class Match(_Model):
 
 class Filters(_Model):
     pending: Literal["tentative", "wait"] = Field(
-        "wait", description="PENDING bookings: send S12 with SCH-25 Pending, or wait for confirmation"
+        "wait",
+        description="PENDING bookings: send S12 with SCH-25 Pending, or wait for confirmation",
     )
     no_shows: bool = Field(True, description="send S26 for no-shows")
 
@@ -131,17 +137,25 @@ class Msh(_Model):
 
 class Hl7Options(_Model):
     version: Literal["2.5.1", "2.3"] = "2.5.1"
-    template: str | None = Field(None, description="template file relative to the channel directory; default per version")
+    template: str | None = Field(
+        None, description="template file relative to the channel directory; default per version"
+    )
     unencodable: Literal["escape", "transliterate", "dead_letter"] = Field(
         "escape", description="characters the destination charset cannot encode"
     )
     msh: Msh = Field(default_factory=Msh)
     reschedule_as: Literal["S13", "S14", "S15+S12"] = "S13"
     fill_sch2: bool = Field(True, description="repeat the appointment id in SCH-2 (filler id)")
-    times_with_offset: bool = Field(True, description="append +-ZZZZ to appointment times (MSH-7 always has it)")
+    times_with_offset: bool = Field(
+        True, description="append +-ZZZZ to appointment times (MSH-7 always has it)"
+    )
     mrn_authority: str = Field("MRN", description="PID-3.4 for the MRN (type MR)")
-    patient_id_authority: str = Field("CALHL7", description="PID-3.4 for our stable patient id (type PI)")
-    notes: StrList = Field((), description="booking questions copied into NTE segments, by field name")
+    patient_id_authority: str = Field(
+        "CALHL7", description="PID-3.4 for our stable patient id (type PI)"
+    )
+    notes: StrList = Field(
+        (), description="booking questions copied into NTE segments, by field name"
+    )
 
 
 class Resource(_Model):
@@ -174,7 +188,8 @@ _DEFAULT_SEX_CODES = {"f": "F", "female": "F", "woman": "F", "m": "M", "male": "
 
 class Maps(_Model):
     providers: Annotated[dict[str, Components], BeforeValidator(_str_keys)] = Field(
-        default_factory=dict, description="Cal.com user id/username/email -> XCN (AIP-3, PV1-7, SCH-16)")
+        default_factory=dict,
+        description="Cal.com user id/username/email -> XCN (AIP-3, PV1-7, SCH-16)")
     locations: Annotated[dict[str, Components], BeforeValidator(_str_keys)] = Field(
         default_factory=dict, description="location key -> PL (AIL-3, PV1-3)")
     event_types: Annotated[dict[str, EventTypeMap], BeforeValidator(_str_keys)] = Field(
@@ -246,7 +261,9 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Path_ = tuple[str, ...]
 
 
-def _line_index(node: yaml.Node, path: Path_, out: dict[Path_, int], dups: list[tuple[Path_, int]]) -> None:
+def _line_index(
+    node: yaml.Node, path: Path_, out: dict[Path_, int], dups: list[tuple[Path_, int]]
+) -> None:
     """Map each path inside the document to its 1-based YAML line; note duplicate keys."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -291,7 +308,9 @@ def _interpolate(value: Any, path: Path_, missing: list[tuple[Path_, str]]) -> A
     return value
 
 
-def _read(path: Path, shown: str, problems: list[Problem]) -> tuple[dict[str, Any] | None, dict[Path_, int]]:
+def _read(
+    path: Path, shown: str, problems: list[Problem]
+) -> tuple[dict[str, Any] | None, dict[Path_, int]]:
     """Parse one file; record problems; return (data, line index).
 
     The line index also holds the paths whose env variable was missing, under key ("!",) +
@@ -323,7 +342,8 @@ def _read(path: Path, shown: str, problems: list[Problem]) -> tuple[dict[str, An
     dups: list[tuple[Path_, int]] = []
     _line_index(node, (), lines, dups)
     for dpath, line in dups:
-        problems.append(Problem(shown, ".".join(dpath), line, "duplicate key (YAML would keep only the last)"))
+        problems.append(Problem(shown, ".".join(dpath), line,
+                                "duplicate key (YAML would keep only the last)"))
     missing: list[tuple[Path_, str]] = []
     data = _interpolate(data, (), missing)
     for mpath, var in missing:
@@ -392,7 +412,8 @@ def load_config(directory: str | os.PathLike[str]) -> Config:
             continue
         if ch.name in files:
             problems.append(Problem(shown(path), "name", _line_for(lines, ("name",)),
-                                    f"channel {ch.name!r} is also defined in {shown(files[ch.name])}"))
+                                    f"channel {ch.name!r} is also defined in "
+                                    f"{shown(files[ch.name])}"))
             continue
         if ch.destination not in declared:
             known = ", ".join(sorted(declared)) or "none"
@@ -404,7 +425,8 @@ def load_config(directory: str | os.PathLike[str]) -> Config:
             else:
                 templates[ch.name] = default_template(ch.hl7.version)
         except TemplateError as exc:
-            problems.append(Problem(shown(path), "hl7.template", _line_for(lines, ("hl7", "template")), str(exc)))
+            problems.append(Problem(shown(path), "hl7.template",
+                                    _line_for(lines, ("hl7", "template")), str(exc)))
         channels.append(ch)
         files[ch.name] = path
 
@@ -436,7 +458,9 @@ def config_fingerprint(directory: str | os.PathLike[str]) -> str:
     root = Path(directory)
     h = hashlib.sha1()
     try:
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".j2"))
+        paths = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".j2")
+        )
     except OSError:
         return ""
     for p in paths:

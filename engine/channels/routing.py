@@ -23,9 +23,10 @@ the booking concerned (the S15 names the old uid, later events the new one).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.appointments.model import (
@@ -71,7 +72,8 @@ class MappingError(Exception):
 
 
 def _location_keys(event: AppointmentEvent) -> tuple[str, ...]:
-    return (event.location.raw, event.location.kind.value) if event.location.raw else (event.location.kind.value,)
+    kind = event.location.kind.value
+    return (event.location.raw, kind) if event.location.raw else (kind,)
 
 
 def _event_type_keys(event: AppointmentEvent) -> tuple[str, ...]:
@@ -86,7 +88,8 @@ def _organizer_keys(event: AppointmentEvent) -> tuple[str, ...]:
 
 
 def _team_keys(event: AppointmentEvent) -> tuple[str, ...]:
-    return tuple(k for k in (str(event.team_id) if event.team_id is not None else None, event.team_name) if k)
+    team_id = str(event.team_id) if event.team_id is not None else None
+    return tuple(k for k in (team_id, event.team_name) if k)
 
 
 def _event_type_map(event: AppointmentEvent, channel: Channel) -> EventTypeMap | None:
@@ -188,7 +191,9 @@ def _provider(event: AppointmentEvent, channel: Channel, strict: bool) -> tuple[
     p = event.provider
     if strict and channel.unmapped.provider == "error":
         # Cal.com user id and username identify the clinician, not the patient: safe to name.
-        raise MappingError(f"no maps.providers entry for Cal.com user {p.calcom_user_id} ({p.username or '-'})")
+        raise MappingError(
+            f"no maps.providers entry for Cal.com user {p.calcom_user_id} ({p.username or '-'})"
+        )
     return (str(p.calcom_user_id) if p.calcom_user_id is not None else (p.username or ""), p.name)
 
 
@@ -198,7 +203,9 @@ def _location(event: AppointmentEvent, channel: Channel, strict: bool) -> tuple[
             return channel.maps.locations[key]
     if strict and channel.unmapped.location == "error":
         # The kind only: a raw location value can be a patient's home address.
-        raise MappingError(f"no maps.locations entry for location kind {event.location.kind.value!r}")
+        raise MappingError(
+            f"no maps.locations entry for location kind {event.location.kind.value!r}"
+        )
     return (event.location.raw or event.location.kind.value,)
 
 
@@ -310,7 +317,7 @@ def build_context(
         "patient_ids": ids,
         "last_name": patient.last_name or (patient.full_name if not patient.first_name else ""),
         "first_name": patient.first_name,
-        "dob": "%04d%02d%02d" % (dob.year, dob.month, dob.day) if dob else "",
+        "dob": f"{dob.year:04d}{dob.month:02d}{dob.day:02d}" if dob else "",
         "sex": sex,
         **_phone_parts((answers.get(pf.phone) if pf.phone else None) or patient.phone),
         "email": patient.email or "",
@@ -343,9 +350,9 @@ def render_message(
     destination = config.destinations[channel.destination]
     placer_id = {"appointment": event.appointment_id, "booking": event.booking_uid,
                  "previous": event.previous_booking_uid or event.appointment_id}[placer]
-    common = dict(channel=channel.name, destination=destination.name, appointment_id=event.appointment_id,
-                  lane_key=lane_key(event, destination), message_type=f"SIU^{trigger}", trigger=trigger,
-                  control_id=control_id)
+    common = dict(channel=channel.name, destination=destination.name,
+                  appointment_id=event.appointment_id, lane_key=lane_key(event, destination),
+                  message_type=f"SIU^{trigger}", trigger=trigger, control_id=control_id)
     try:
         ctx = build_context(event, channel, destination, trigger=trigger, placer_id=placer_id,
                             control_id=control_id, now=now, old_times=old_times)
@@ -354,7 +361,9 @@ def render_message(
         return OutboundMessage(er7="", payload=b"", error=str(exc), **common)
     except Exception as exc:  # noqa: BLE001 - one bad message must not stop the fan-out
         # Only the type: a failing filter's message could quote patient data.
-        return OutboundMessage(er7="", payload=b"", error=f"render failed: {type(exc).__name__}", **common)
+        return OutboundMessage(
+            er7="", payload=b"", error=f"render failed: {type(exc).__name__}", **common
+        )
     er7, payload, error = apply_charset(er7, destination.codec, channel.hl7.unencodable)
     return OutboundMessage(er7=er7, payload=payload, error=error, **common)
 
@@ -395,7 +404,8 @@ def probe_message(config: Config, channel: Channel) -> str:
         kind=EventKind.NEW, appointment_id="probe", booking_uid="probe", trigger="BOOKING_CREATED",
         status="ACCEPTED", start=start, end=start.replace(minute=30), timezone="UTC",
         patient=Patient(first_name="Probe", last_name="Example", email="probe@example.invalid"),
-        provider=Provider(calcom_user_id=0, name="Probe"), location=Location(kind=LocationKind.OTHER),
+        provider=Provider(calcom_user_id=0, name="Probe"),
+        location=Location(kind=LocationKind.OTHER),
         event_type=EventType(id=0, slug="probe"), answers={n: "probe" for n in channel.hl7.notes},
     )
     destination = config.destinations[channel.destination]

@@ -87,7 +87,8 @@ def classify(
     if ack.control_id != sent_control_id.strip():
         return Decision(
             Outcome.RESET,
-            f"MSA-2 {_safe_id(ack.control_id)!r} does not match sent MSH-10 {_safe_id(sent_control_id)!r}",
+            f"MSA-2 {_safe_id(ack.control_id)!r} does not match sent MSH-10 "
+            f"{_safe_id(sent_control_id)!r}",
         )
     code, errs, text = ack.code, ack.error_codes, ack.error_text
     for key in [f"{code}:{e}" for e in errs] + [code]:
@@ -97,7 +98,9 @@ def classify(
         return Decision(Outcome.DELIVERED, f"{code}")
     if code == "AE":
         if DUPLICATE_KEY in errs and is_resend and policy.duplicate_key_is_delivered:
-            return Decision(Outcome.DELIVERED, "AE ERR-3 205 duplicate key on a resend: the EHR has it", text)
+            return Decision(
+                Outcome.DELIVERED, "AE ERR-3 205 duplicate key on a resend: the EHR has it", text
+            )
         return Decision(Outcome.DEAD, f"AE{_codes(ack)}: application error", text)
     if code == "AR":
         err_set = set(errs)
@@ -119,7 +122,9 @@ def _safe_id(value: str | None) -> str:
     return "" if value is None else value[:24].encode("ascii", "replace").decode()
 
 
-def backoff_seconds(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
+def backoff_seconds(
+    attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random
+) -> float:
     """Delay before retry number `attempt` (1 = after the first failed send)."""
     return backoff_delay(attempt, policy.initial_seconds, policy.max_seconds, policy.multiplier,
                          policy.jitter, rand)

@@ -348,9 +348,10 @@ def build_ack(
     MLLP framing. Best effort on a broken MSH: what cannot be read is left empty.
 
     MSA-2 = the message's MSH-10 (or `msa2`, which exists for the simulator's wrong-MSA-2
-    mode); `err_segment=False` leaves ERR out; sender/receiver are swapped unless `sending_application`/`sending_facility` are
-    given; same version and processing id; for codes other than AA/CA an ERR segment
-    (v2.5+: ERR-3 code^text^HL70357, ERR-4 E, ERR-8 text; before v2.5: ERR-1) and MSA-3."""
+    mode); `err_segment=False` leaves ERR out; sender/receiver are swapped unless
+    `sending_application`/`sending_facility` are given; same version and processing id; for
+    codes other than AA/CA an ERR segment (v2.5+: ERR-3 code^text^HL70357, ERR-4 E, ERR-8
+    text; before v2.5: ERR-1) and MSA-3."""
     code = code.upper()
     if code not in ACK_CODES:
         raise ValueError(f"unknown acknowledgment code {code!r}")

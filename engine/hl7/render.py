@@ -16,8 +16,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from datetime import date, datetime, tzinfo
-from functools import lru_cache
+from datetime import date, datetime, timedelta, tzinfo
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -111,7 +111,7 @@ class SiuTemplate:
         return "\r".join([line.rstrip("|") for line in text.split("\n") if line.strip()]) + "\r"
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_template(version: str) -> SiuTemplate:
     """The shipped template for an HL7 version, compiled once per process."""
     return SiuTemplate(TEMPLATE_DIR / DEFAULT_TEMPLATES[version])
@@ -122,13 +122,16 @@ def format_ts(value: datetime, zone: tzinfo, with_offset: bool = True) -> str:
 
     Digits and a sign only, so it is returned as `Escaped` (nothing to escape)."""
     t = value.astimezone(zone)
-    # %-formatting: about 3x faster than strftime with %z, and it runs 3x per message.
+    # %-formatting, not f-string specs or strftime with %z: it runs 3x per message, and it is
+    # the fastest of the three.
     if not with_offset:
-        return Escaped("%04d%02d%02d%02d%02d%02d" % (t.year, t.month, t.day, t.hour, t.minute, t.second))
-    minutes = int(t.utcoffset().total_seconds()) // 60  # type: ignore[union-attr]
+        return Escaped("%04d%02d%02d%02d%02d%02d" % (  # noqa: UP031 - speed, see above
+            t.year, t.month, t.day, t.hour, t.minute, t.second))
+    # astimezone() always returns an aware time; the fallback only satisfies the type
+    minutes = int((t.utcoffset() or timedelta(0)).total_seconds()) // 60
     sign = "-" if minutes < 0 else "+"
     minutes = abs(minutes)
-    return Escaped("%04d%02d%02d%02d%02d%02d%s%02d%02d" % (
+    return Escaped("%04d%02d%02d%02d%02d%02d%s%02d%02d" % (  # noqa: UP031 - speed, see above
         t.year, t.month, t.day, t.hour, t.minute, t.second, sign, minutes // 60, minutes % 60))
 
 

@@ -22,7 +22,9 @@ _V23 = re.compile(
     r"MSH,SCH,(NTE,)*(PID,(PV1,)?(PV2,)?(OBX,)*(DG1,)*)*"
     r"(RGS,(AIS,(NTE,)*)*(AIG,(NTE,)*)*(AIL,(NTE,)*)*(AIP,(NTE,)*)*)+"
 )
-_SIU_TRIGGERS = {"S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23", "S24", "S26"}
+_SIU_TRIGGERS = {
+    "S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23", "S24", "S26"
+}
 
 
 def _segments_of(element: Any, out: list[str]) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,7 +91,9 @@ class WebhookApp:
             await _json(send, 404, {"error": "not found"})
 
     # ------------------------------------------------------------------ webhooks
-    async def _webhook(self, scope: dict[str, Any], receive: Receive, send: Send, source: str) -> None:
+    async def _webhook(
+        self, scope: dict[str, Any], receive: Receive, send: Send, source: str
+    ) -> None:
         started = time.perf_counter()
         count = self.metrics.webhooks
         secrets = self.settings.secrets.get(source)

@@ -167,7 +167,8 @@ def load_inbound_config(
     channels: list[InboundChannel] = []
     where: dict[tuple[str, str], str] = {}
     names: dict[str, str] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml")):
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+    for path in files:
         shown = str(path.relative_to(root))
         data, lines = _read(path, shown, problems)
         if data is None:
@@ -178,13 +179,15 @@ def load_inbound_config(
             continue
         if ch.name in names:
             problems.append(Problem(shown, "name", _line_for(lines, ("name",)),
-                                    f"inbound channel {ch.name!r} is also defined in {names[ch.name]}"))
+                                    f"inbound channel {ch.name!r} is also defined in "
+                                    f"{names[ch.name]}"))
             continue
         key = (ch.sending_application, ch.sending_facility)
         if key in where:
             problems.append(Problem(shown, "sending_application",
                                     _line_for(lines, ("sending_application",)),
-                                    f"sender {key[0]}/{key[1] or '*'} is already taken by {where[key]}"))
+                                    f"sender {key[0]}/{key[1] or '*'} is already taken by "
+                                    f"{where[key]}"))
             continue
         if ch.sending_application in own_applications:
             problems.append(Problem(shown, "sending_application",

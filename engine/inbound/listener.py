@@ -29,11 +29,11 @@ from zoneinfo import ZoneInfo
 
 from engine.hl7.ack import build_ack
 from engine.inbound.config import InboundConfig
-from engine.store.inbound_records import InboundMessage
 from engine.inbound.siu import MshInfo, SiuError, read_content, read_msh, segments
 from engine.metrics import Metrics
 from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES
 from engine.mllp.server import Peer, serve
+from engine.store.inbound_records import InboundMessage
 
 log = logging.getLogger("calhl7.inbound.listener")
 
@@ -106,7 +106,7 @@ class InboundHandler:
 
         processing = g(11) or "P"
         return (f"MSH|^~\\&|{g(5)}|{g(6)}|{g(3)}|{g(4)}|{ts}||{mtype}|{control}|{processing}|"
-                f"{version}\rMSA|AA|{msh.control_id}\r").encode("utf-8")
+                f"{version}\rMSA|AA|{msh.control_id}\r").encode()
 
     def oversize(self, peer: Peer) -> bytes:
         err = SiuError("AE", "102", f"frame exceeds the {self.max_frame_bytes}-byte limit: not "
@@ -225,7 +225,8 @@ class InboundHandler:
 
 def _standard(msh: MshInfo) -> bool:
     d = msh.delims
-    return (d.field, d.component, d.repetition, d.escape, d.subcomponent) == ("|", "^", "~", "\\", "&")
+    found = (d.field, d.component, d.repetition, d.escape, d.subcomponent)
+    return found == ("|", "^", "~", "\\", "&")
 
 
 async def start_listener(

@@ -14,7 +14,9 @@ from zoneinfo import ZoneInfo
 
 
 class SiuError(Exception):
-    def __init__(self, ack: str, code: str, text: str, location: tuple[str | int, ...] = ()) -> None:
+    def __init__(
+        self, ack: str, code: str, text: str, location: tuple[str | int, ...] = ()
+    ) -> None:
         super().__init__(text)
         self.ack = ack  # AE or AR
         self.code = code
@@ -172,7 +174,9 @@ def read_content(segs: list[str], msh: MshInfo, zone: ZoneInfo, *, need_time: bo
     if not appt:
         raise SiuError("AE", "101", "SCH-1/SCH-2 appointment id missing", ("SCH", 1, 2))
     if len(appt) > 100:
-        raise SiuError("AE", "102", "SCH-2 appointment id longer than 100 characters", ("SCH", 1, 2))
+        raise SiuError(
+            "AE", "102", "SCH-2 appointment id longer than 100 characters", ("SCH", 1, 2)
+        )
     aip = _fields(segs, "AIP", d)
     provider = (_c(_f(aip, 3), d) if aip else "") or _c(_f(sch, 16), d) or None
     ail = _fields(segs, "AIL", d)

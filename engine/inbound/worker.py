@@ -5,10 +5,10 @@ appointment (`HeldBlock`, the Cal.com booking blocking its time):
 
 | action (per channel trigger map) | nothing held / held cancelled | block held |
 |---|---|---|
-| create (S12)                | POST /v2/bookings                      | move when times/provider differ, else nothing |
-| move (S13)                  | create                                 | POST /v2/bookings/{uid}/reschedule -> new uid |
-| move_if_times_changed (S14) | create                                 | reschedule only if start/end changed          |
-| cancel (S15)                | nothing to free                        | POST /v2/bookings/{uid}/cancel                |
+| create (S12)                | POST /v2/bookings | move when times/provider differ, else nothing |
+| move (S13)                  | create            | POST /v2/bookings/{uid}/reschedule -> new uid |
+| move_if_times_changed (S14) | create            | reschedule only if start/end changed          |
+| cancel (S15)                | nothing to free   | POST /v2/bookings/{uid}/cancel                |
 
 A provider change cannot be a reschedule (the event type belongs to the provider): the old
 block is cancelled and a new one created. Every uid Cal.com gives us is stored with the channel
@@ -44,6 +44,7 @@ from engine.calcom.api import (
 )
 from engine.calcom.models import ApiBooking
 from engine.inbound.config import InboundChannel, InboundConfig
+from engine.metrics import Metrics
 from engine.store.inbound_records import (
     BLOCK_CANCELLED,
     HeldBlock,
@@ -51,7 +52,6 @@ from engine.store.inbound_records import (
     JobOutcome,
     UidRecord,
 )
-from engine.metrics import Metrics
 
 log = logging.getLogger("calhl7.inbound.worker")
 
@@ -133,7 +133,8 @@ class InboundWorker:
                     continue  # there may be more due right now
                 self.wake.clear()
                 done_event.clear()
-                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait()),
+                waits = [asyncio.ensure_future(stop.wait()),
+                         asyncio.ensure_future(self.wake.wait()),
                          asyncio.ensure_future(done_event.wait())]
                 await asyncio.wait(waits, timeout=self.poll_seconds,
                                    return_when=asyncio.FIRST_COMPLETED)

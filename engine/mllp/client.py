@@ -15,6 +15,9 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from engine.backoff import backoff_delay
+from engine.connection import ConnectionSettings
+
 from .errors import (
     ConnectFailed,
     ConnectTimeout,
@@ -25,8 +28,6 @@ from .errors import (
     ResponseTimeout,
 )
 from .framing import FrameReader, frame
-from engine.backoff import backoff_delay
-from engine.connection import ConnectionSettings
 from .tls import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ async def open_connection(
     except ssl.SSLError as exc:
         raise ConnectFailed(f"TLS handshake with {peer} failed: {exc.reason}") from None
     except OSError as exc:
-        raise ConnectFailed(f"connect to {peer} failed: {exc.strerror or type(exc).__name__}") from None
+        why = exc.strerror or type(exc).__name__
+        raise ConnectFailed(f"connect to {peer} failed: {why}") from None
     try:
         set_keepalive(writer.get_extra_info("socket"), settings)
     except OSError:  # keepalive is best effort, never a reason to fail a connection

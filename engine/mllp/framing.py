@@ -45,7 +45,9 @@ class FrameReader:
     __slots__ = ("_reader", "_max", "_buf", "_in_frame", "_scan", "_discarding", "_discarded",
                  "skipped_bytes", "restarted_frames")
 
-    def __init__(self, reader: asyncio.StreamReader, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
         self._reader = reader
         self._max = max_frame_bytes
         self._buf = bytearray()

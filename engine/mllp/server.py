@@ -93,7 +93,9 @@ async def serve(
         try:
             if on_connect is not None:
                 on_connect(peer)
-            await _connection(reader, writer, peer, handler, max_frame_bytes, idle_timeout, on_oversize)
+            await _connection(
+                reader, writer, peer, handler, max_frame_bytes, idle_timeout, on_oversize
+            )
         except asyncio.CancelledError:
             pass  # shutdown
         except (ConnectionError, OSError, ssl_mod.SSLError) as exc:
@@ -133,7 +135,8 @@ async def _connection(
             log.info("mllp connection %s idle for %gs: closing", peer, idle_timeout)
             return
         except FrameTooLarge as exc:
-            log.warning("mllp frame from %s too large (%d > %d bytes): discarded", peer, exc.size, exc.limit)
+            log.warning("mllp frame from %s too large (%d > %d bytes): discarded",
+                        peer, exc.size, exc.limit)
             reply = on_oversize(peer) if on_oversize is not None else None
             if reply is not None:
                 writer.write(frame(reply))

@@ -20,7 +20,8 @@ from typing import Any
 CLINIC_ADDRESS = "Suite 210, 100 Example Medical Plaza, Springfield, ZZ 00000"
 
 ORGANIZERS = {
-    "family": {"id": 4211, "name": "Dr. Grace Testdoctor", "email": "grace.testdoctor@clinic.example",
+    "family": {"id": 4211, "name": "Dr. Grace Testdoctor",
+               "email": "grace.testdoctor@clinic.example",
                "username": "grace-testdoctor", "timeZone": "America/New_York"},
     "physio": {"id": 4230, "name": "Pat Testtherapist", "email": "pat.testtherapist@clinic.example",
                "username": "pat-testtherapist", "timeZone": "America/New_York"},
@@ -29,7 +30,8 @@ ORGANIZERS = {
 # (organizer, event type id, slug, title, minutes, location, needs confirmation)
 EVENT_TYPES = [
     ("family", 731042, "new-patient-visit", "New Patient Visit", 45, CLINIC_ADDRESS, False),
-    ("family", 731043, "telehealth-follow-up", "Telehealth Follow-up", 20, "integrations:daily", True),
+    ("family", 731043, "telehealth-follow-up", "Telehealth Follow-up", 20, "integrations:daily",
+     True),
     ("family", 731044, "telehealth-visit", "Telehealth Visit", 20, "integrations:daily", False),
     ("physio", 731050, "physio-assessment", "Physiotherapy Assessment", 60, CLINIC_ADDRESS, False),
     ("physio", 731051, "physio-follow-up", "Physiotherapy Follow-up", 30, CLINIC_ADDRESS, False),
@@ -141,7 +143,8 @@ class StoryTeller:
     def _envelope(self, trigger: str, payload: dict[str, Any]) -> dict[str, Any]:
         self.clock += timedelta(seconds=self.rng.randint(5, 600))
         return {"triggerEvent": trigger,
-                "createdAt": self.clock.strftime("%Y-%m-%dT%H:%M:%S.") + f"{self.rng.randint(0, 999):03d}Z",
+                "createdAt": self.clock.strftime("%Y-%m-%dT%H:%M:%S.")
+                + f"{self.rng.randint(0, 999):03d}Z",
                 "payload": payload}
 
     def _booking(self, event_type: tuple[Any, ...] | None = None) -> Booking:

@@ -42,9 +42,12 @@ class SimPolicy(BaseModel):
     wrong_msa2: bool = Field(False, description="answer AA with an MSA-2 that is not the MSH-10")
     close_after_read: bool = Field(False, description="read the message, then hang up")
     duplicate_key_ae: bool = Field(
-        False, description="AE ERR-3 205 for an MSH-10 already seen (default: AA, logged as a repeat)"
+        False,
+        description="AE ERR-3 205 for an MSH-10 already seen (default: AA, logged as a repeat)",
     )
-    log_raw: bool = Field(False, description="include the raw message in the log (synthetic data only)")
+    log_raw: bool = Field(
+        False, description="include the raw message in the log (synthetic data only)"
+    )
     sending_application: str = "LEGACY_EHR"
     sending_facility: str = "ACME_CLINIC"
     encoding: str = "utf-8"
@@ -83,15 +86,20 @@ class FieldRule:
         path, sep, value = text.partition("=")
         seg, dash, rest = path.strip().partition("-")
         parts = rest.split(".")
-        if not sep or not dash or len(seg) != 3 or not seg.isalnum() or not all(p.isdigit() for p in parts) or len(parts) > 3:
-            raise ValueError(f"bad field rule {text!r}; expected e.g. MSH-9.2=S26 or PID-5.1=Reject")
+        numeric = all(p.isdigit() for p in parts) and len(parts) <= 3
+        if not sep or not dash or len(seg) != 3 or not seg.isalnum() or not numeric:
+            raise ValueError(
+                f"bad field rule {text!r}; expected e.g. MSH-9.2=S26 or PID-5.1=Reject"
+            )
         nums = [int(p) for p in parts] + [0, 0]
         if nums[0] < 1:
             raise ValueError(f"bad field number in {text!r}")
         return cls(seg.upper(), nums[0], nums[1] or None, nums[2] or None, value)
 
     def matches(self, message: bytes, encoding: str) -> bool:
-        found = field_value(message, self.segment, self.field, self.component, self.subcomponent, encoding)
+        found = field_value(
+            message, self.segment, self.field, self.component, self.subcomponent, encoding
+        )
         return found == self.value
 
 
@@ -216,7 +224,9 @@ class EhrSimulator:
         self._record(message, peer, msh10, code, repeat)
         return ack.encode(p.encoding)
 
-    def _record(self, message: bytes, peer: Peer, msh10: str | None, ack: str, repeat: bool) -> None:
+    def _record(
+        self, message: bytes, peer: Peer, msh10: str | None, ack: str, repeat: bool
+    ) -> None:
         self.acks[ack] = self.acks.get(ack, 0) + 1
         if self._log_fd is None:
             return

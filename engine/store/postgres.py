@@ -299,8 +299,9 @@ class PostgresStore(PostgresInboundMixin):
         todo = [webhooks[i] for i in first.values()]
         for _ in range(5):
             columns = list(zip(*(
-                (pg_text(w.source), w.body_sha256, w.body, pg_text(w.content_type), pg_text(w.trigger),
-                 pg_text(w.booking_uid), w.received_at, pg_text(w.correlation_id), w.state, pg_text(w.reason))
+                (pg_text(w.source), w.body_sha256, w.body, pg_text(w.content_type),
+                 pg_text(w.trigger), pg_text(w.booking_uid), w.received_at,
+                 pg_text(w.correlation_id), w.state, pg_text(w.reason))
                 for w in todo
             ), strict=True))
             for r in await self._p().fetch(_ACCEPT, *columns, retry):
@@ -747,7 +748,9 @@ class PostgresStore(PostgresInboundMixin):
                     pg_text(channel), pg_text(who), time.time(),
                 )
             else:
-                await conn.execute("DELETE FROM paused_channels WHERE channel = $1", pg_text(channel))
+                await conn.execute(
+                    "DELETE FROM paused_channels WHERE channel = $1", pg_text(channel)
+                )
             await audit_operator(conn, "pause" if paused else "resume", who, None,
                                   {"channel": channel})
 
@@ -847,8 +850,8 @@ async def _migrate(conn: asyncpg.Connection, key: int) -> None:
 
 
 def _audit_row(a: base.AuditEntry) -> tuple[Any, ...]:
-    return (a.at, a.kind, pg_text(a.appointment_id), pg_text(a.actor), pg_text(a.trigger), pg_text(a.source),
-            pg_json(a.detail))
+    return (a.at, a.kind, pg_text(a.appointment_id), pg_text(a.actor), pg_text(a.trigger),
+            pg_text(a.source), pg_json(a.detail))
 
 
 async def _lock_lane(conn: asyncpg.Connection, lane_id: int) -> None:
@@ -918,8 +921,9 @@ async def _enqueue(conn: asyncpg.Connection, results: list[ProcessedEvent], now:
             first_new.setdefault(lane_id, mid)
         accepted_at, correlation_id = origin.get(r.event_id, (None, None))
         rows.append((
-            mid, lane_id, r.event_id, pg_text(m.channel), pg_text(m.destination), pg_text(m.appointment_id),
-            pg_text(m.message_type), pg_text(m.control_id), m.payload, pg_text(m.event_json),
+            mid, lane_id, r.event_id, pg_text(m.channel), pg_text(m.destination),
+            pg_text(m.appointment_id), pg_text(m.message_type), pg_text(m.control_id), m.payload,
+            pg_text(m.event_json),
             base.DEAD if m.error else base.QUEUED, m.hold_lane, pg_text(m.error), accepted_at,
             correlation_id,
         ))

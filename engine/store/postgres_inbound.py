@@ -83,7 +83,9 @@ class PostgresInboundMixin:
         raise RuntimeError("duplicate inbound message could not be read back")
 
     # ------------------------------------------------------------------ worker
-    async def inbound_claim_jobs(self, limit: int, now: float, lease_seconds: float) -> list[InboundJob]:
+    async def inbound_claim_jobs(
+        self, limit: int, now: float, lease_seconds: float
+    ) -> list[InboundJob]:
         async def fn(conn: Any) -> list[InboundJob]:
             rows = await conn.fetch(_CLAIM, now, limit, lease_seconds)
             out = []

@@ -343,7 +343,9 @@ class SQLiteStore(SQLiteInboundMixin):
                 " ORDER BY l.held DESC, l.ready_at LIMIT ?",
                 (destination, destination, limit),
             ).fetchall()
-            keys = ("lane", "destination", "lane_key", "head", "held", "ready_at", "owner", "queued")
+            keys = (
+                "lane", "destination", "lane_key", "head", "held", "ready_at", "owner", "queued"
+            )
             return [dict(zip(keys, r, strict=True)) for r in rows]
 
         return await self._read(fn)

@@ -89,7 +89,9 @@ class SQLiteInboundMixin:
             state["flushing"] = False
 
     # ------------------------------------------------------------------ worker
-    async def inbound_claim_jobs(self, limit: int, now: float, lease_seconds: float) -> list[InboundJob]:
+    async def inbound_claim_jobs(
+        self, limit: int, now: float, lease_seconds: float
+    ) -> list[InboundJob]:
         """Heads of their appointment's queue that are due and not in flight; leased."""
 
         def fn(conn: sqlite3.Connection) -> list[InboundJob]:
