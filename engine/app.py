@@ -15,9 +15,10 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import uvicorn
@@ -25,7 +26,13 @@ import uvicorn
 from engine.aio import sleep_or_stop
 from engine.calcom.api import CalcomApi
 from engine.calcom.reconcile import run_reconciler
-from engine.channels.config import Config, ConfigError, config_fingerprint, load_config
+from engine.channels.config import (
+    Config,
+    ConfigError,
+    Destination,
+    config_fingerprint,
+    load_config,
+)
 from engine.delivery.worker import DestinationWorker
 from engine.http.asgi import HttpSettings, Readiness, WebhookApp
 from engine.inbound.config import InboundConfig, load_inbound_config, own_applications_of
@@ -135,6 +142,9 @@ class Engine:
                     self.reload_channels("files changed")
 
     # ------------------------------------------------------------------ workers
+    def _destination(self, name: str) -> Destination:
+        return self.config().destinations[name]
+
     def _sync_workers(self) -> None:
         """One worker per destination; a destination whose settings changed gets a new one,
         which starts only once the old one has stopped (never two senders on one lane)."""
@@ -153,7 +163,7 @@ class Engine:
             self.metrics.init_destination(name)
             status = self.readiness.destinations.setdefault(name, {})
             worker = DestinationWorker(
-                name, lambda n=name: self.config().destinations[n], self.store, self.metrics,
+                name, partial(self._destination, name), self.store, self.metrics,
                 self.settings.node_id, status, settings=dest,
             )
             task = asyncio.create_task(self._run_worker(worker, stop, retiring.get(name)),
@@ -326,9 +336,16 @@ class Engine:
             http="httptools", loop="none", timeout_graceful_shutdown=5,
             proxy_headers=False,  # nothing reads the client address: skip that layer
         )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        return server
+        return _Server(config)
+
+
+class _Server(uvicorn.Server):
+    """The engine handles SIGTERM/SIGINT itself (drain, then stop): uvicorn must not take them
+    for the duration of serve()."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _bound_port(server: uvicorn.Server) -> int | None:

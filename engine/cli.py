@@ -8,9 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from engine import operator
+
+
+@overload
+def _env(name: str, default: str) -> str: ...
+
+
+@overload
+def _env(name: str, default: None = None) -> str | None: ...
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -22,6 +30,10 @@ def host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host or "127.0.0.1", int(port)
+
+
+def _host_port_or_none(value: str | None) -> tuple[str, int] | None:
+    return host_port(value) if value else None
 
 
 def run_fast(coro: Any) -> Any:
@@ -99,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", type=host_port, default=host_port(_env("HTTP", "127.0.0.1:8080")),
                    help="webhook address (default 127.0.0.1:8080)")
     p.add_argument("--metrics", type=host_port,
-                   default=host_port(_env("METRICS")) if _env("METRICS") else None,
+                   default=_host_port_or_none(_env("METRICS")),
                    help="serve /metrics and health on their own address")
     p.add_argument("--channels", default=_env("CHANNELS", "channels"),
                    help="channel configuration directory (default ./channels)")
@@ -109,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept unsigned webhooks (development only)")
     p.add_argument("--node-id", default=_env("NODE_ID"))
     p.add_argument("--mllp", type=host_port,
-                   default=host_port(_env("MLLP")) if _env("MLLP") else None,
+                   default=_host_port_or_none(_env("MLLP")),
                    help="listen for SIU from the EHR here (e.g. 127.0.0.1:2575)")
     p.add_argument("--mllp-tls-cert", default=_env("MLLP_TLS_CERT"))
     p.add_argument("--mllp-tls-key", default=_env("MLLP_TLS_KEY"))

@@ -149,6 +149,7 @@ class Metrics:
         """Gauges from the store: `summary` is Store.queue_summary(); a configured destination
         absent from it has nothing waiting."""
         seen = set()
+        # arg-type ignores below: the store's summary rows are untyped; these four are numbers
         for row in summary:
             d = str(row["destination"])
             seen.add(d)

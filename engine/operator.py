@@ -191,16 +191,16 @@ async def cmd_quarantine(store: Store, args: argparse.Namespace) -> int:
 
 
 async def cmd_audit(store: Store, args: argparse.Namespace) -> int:
-    since = None
+    since: float | None = None
     if args.since:
         try:
-            since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+            when = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
         except ValueError:
             print(f"--since: not an ISO time: {args.since!r}", file=sys.stderr)
             return 2
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        since = since.timestamp()
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        since = when.timestamp()
     appointment = args.appointment
     if appointment:  # a booking uid (each reschedule makes one) finds its appointment too
         states = await store.appointment_states([appointment])
@@ -218,7 +218,10 @@ async def cmd_audit(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, store_args: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    store_args: argparse.ArgumentParser,
+) -> None:
     p = sub.add_parser("queue", parents=[store_args], help="depth and oldest age per destination")
     p.add_argument("--lanes", action="store_true", help="list lanes too")
     p.add_argument("--destination")

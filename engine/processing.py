@@ -460,11 +460,13 @@ class Processor:
         return len(refs)
 
     def _ask_helper(self) -> asyncio.Future[HelperBatch]:
+        reader = self.batch_reader
+        assert reader is not None, "asked only after _from_helper found a batch reader"
         config = self.config()
         request = HelperRead(self._generation, self._batch_size(), self._landed_through,
                              dict(self.echo_map()))
         return asyncio.get_running_loop().run_in_executor(
-            self.pool, _read_and_process_in_worker, self.batch_reader, str(config.directory),
+            self.pool, _read_and_process_in_worker, reader, str(config.directory),
             config.fingerprint, request)
 
     def _try_ask_helper(self) -> asyncio.Future[HelperBatch] | None:
@@ -488,11 +490,13 @@ class Processor:
                     await self._settle_pipeline()
                 asked = self._try_ask_helper()
                 if asked is None:  # the pool refused the call: it is broken or shut down
-                    return self._helper_failed(BrokenProcessPool())
+                    self._helper_failed(BrokenProcessPool())
+                    return None
             try:
                 answer = await asked
             except Exception as exc:  # noqa: BLE001 - the helper could not: do it here
-                return self._helper_failed(exc)
+                self._helper_failed(exc)
+                return None
             if answer.generation == self._generation:
                 break
             # asked before the pipeline was reset: computed on results that did not land
@@ -595,6 +599,7 @@ class Processor:
         try:
             what, keys = next(steps)
             while True:
+                # misc: the generator names which read it needs; "origins" only when not None
                 what, keys = steps.send(await reads[what](keys))  # type: ignore[misc]
         except StopIteration as done:
             return done.value
@@ -612,8 +617,8 @@ class Processor:
             self.metrics.events.labels(outcome).inc(n)
         for labels, n in queued.items():
             self.metrics.messages_queued.labels(*labels).inc(n)
-        for labels, n in dead.items():  # unmapped code, render failure: dead from the start
-            self.metrics.messages.labels(*labels).inc(n)
+        for dead_labels, n in dead.items():  # unmapped code, render failure: dead from the start
+            self.metrics.messages.labels(*dead_labels).inc(n)
         for r in result.results:
             _log_processed(correlation[r.event_id], r)
 

@@ -115,7 +115,7 @@ def booking_payload(b: ApiBooking, event_title: str | None = None) -> dict[str, 
             and isinstance(choice, str) and choice.startswith("integrations:")):
         metadata["videoCallUrl"] = location  # the API shows the room URL, webhooks the app
         location = choice
-    attendees = []
+    attendees: list[dict[str, Any]] = []
     for a in b.attendees:
         first = last = None
         name_answer = b.bookingFieldsResponses.get("name")

@@ -11,8 +11,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ from engine.channels.config import Config, ConfigError, json_schema, load_config
 from engine.channels.routing import OutboundMessage, probe_message, route
 
 DEFAULT_DIR = os.environ.get("CALHL7_CHANNELS", "channels")
+
+
+def _preview_id(counter: Iterator[int]) -> str:
+    return f"PREVIEW{next(counter):06d}"
 
 
 def register(subparsers: Any) -> None:
@@ -177,7 +183,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             continue
         counter = iter(range(1, 1_000_000))
         result = route(norm.event, only, destination_has=lambda d, a: (d, a) in queued,
-                       make_control_id=lambda c=counter: f"PREVIEW{next(c):06d}", now=now)
+                       make_control_id=partial(_preview_id, counter), now=now)
         for m in result.messages:
             if m.trigger == "S12" and m.error is None:
                 queued.add((m.destination, m.appointment_id))

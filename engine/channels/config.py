@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -79,6 +79,9 @@ StrList = Annotated[tuple[str, ...], BeforeValidator(_str_list)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Destination(_Model):
@@ -336,7 +339,7 @@ def _read(
     except yaml.YAMLError as exc:
         problems.append(Problem(shown, "", None, f"YAML: {type(exc).__name__}"))
         return None, lines
-    if not isinstance(data, dict):
+    if node is None or not isinstance(data, dict):
         problems.append(Problem(shown, "", 1, "the file must be a YAML mapping"))
         return None, lines
     dups: list[tuple[Path_, int]] = []
@@ -353,8 +356,8 @@ def _read(
     return data, lines
 
 
-def _validate(model: type[_Model], data: dict[str, Any], shown: str, lines: Mapping[Path_, int],
-              problems: list[Problem]) -> Any:
+def _validate(model: type[M], data: dict[str, Any], shown: str, lines: Mapping[Path_, int],
+              problems: list[Problem]) -> M | None:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -237,7 +237,9 @@ def _phone_parts(phone: str | None) -> dict[str, str]:
 
     NANP numbers (+1 and 10 digits) are split; others keep all digits in the local number.
     """
-    digits = _NOT_DIGIT.sub("", phone) if phone else ""
+    if not phone:
+        return {"phone_country": "", "phone_area": "", "phone_local": ""}
+    digits = _NOT_DIGIT.sub("", phone)
     if len(digits) == 11 and digits[0] == "1" and phone.lstrip().startswith("+"):
         return {"phone_country": "1", "phone_area": digits[1:4], "phone_local": digits[4:]}
     if len(digits) == 10 and not phone.lstrip().startswith("+"):

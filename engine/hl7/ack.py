@@ -216,10 +216,10 @@ def _parse_ack(reply: bytes | str, encoding: str) -> AckInfo:
                 if comps[0].strip():
                     codes.append(unescape(comps[0].strip(), d))
             # ERR-8 (user message) then ERR-7 (diagnostics); the table text only if neither
-            found = [t for t in (_field(err, 8), _field(err, 7)) if t.strip()]
-            if not found:
-                found = [_field(rep.split(d.component), 1) for rep in err3.split(d.repetition)]
-            texts.extend(unescape(t, d) for t in found if t.strip())
+            given = [t for t in (_field(err, 8), _field(err, 7)) if t.strip()]
+            if not given:
+                given = [_field(rep.split(d.component), 1) for rep in err3.split(d.repetition)]
+            texts.extend(unescape(t, d) for t in given if t.strip())
         else:
             # v2.3/2.4: ERR-1 ELD = segment^sequence^field^code&text&table, repeating
             for rep in _field(err, 1).split(d.repetition):

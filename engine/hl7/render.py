@@ -136,10 +136,14 @@ def format_ts(value: datetime, zone: tzinfo, with_offset: bool = True) -> str:
 
 
 class _PatientLike(Protocol):
-    email: str | None
-    dob: date | None
-    phone: str | None
-    full_name: str
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def dob(self) -> date | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def full_name(self) -> str: ...
 
 
 def valid_dob(dob: date | None, today: date | None = None) -> date | None:

@@ -35,7 +35,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from engine.channels.config import ConfigError, Problem, _line_for, _read, _validate
 from engine.hl7.escape import check_wire_charset
 
-TRIGGERS = ("S12", "S13", "S14", "S15")
+Trigger = Literal["S12", "S13", "S14", "S15"]
+Action = Literal["create", "move", "move_if_times_changed", "cancel", "ignore"]
+TRIGGERS: tuple[Trigger, ...] = ("S12", "S13", "S14", "S15")
 DEFAULT_OWN_APPLICATIONS = frozenset({"CALCOM_HL7"})
 
 
@@ -68,12 +70,16 @@ class Placeholder(_Model):
     name: str = Field("EHR booking", min_length=1)
 
 
+_DEFAULT_ACTIONS: dict[Trigger, Action] = {
+    "S12": "create", "S13": "move", "S14": "move_if_times_changed", "S15": "cancel"}
+
+
 class InboundChannel(_Model):
     name: str = Field(min_length=1)
     enabled: bool = True
     sending_application: str = Field(min_length=1, description="MSH-3.1 of the EHR")
     sending_facility: str = Field("", description="MSH-4.1; empty accepts any")
-    message_types: tuple[Literal["S12", "S13", "S14", "S15"], ...] = TRIGGERS
+    message_types: tuple[Trigger, ...] = TRIGGERS
     echo_destinations: tuple[str, ...] = Field(
         (), description="outbound destination names that are this EHR (no SIU echo to them)")
     timezone: str = Field("UTC", description="IANA zone for HL7 times without an offset")
@@ -83,10 +89,7 @@ class InboundChannel(_Model):
     locations: Annotated[dict[str, dict[str, Any]], BeforeValidator(_str_keys)] = Field(
         default_factory=dict, description="AIL-3.1 -> Cal.com `location` object for the block")
     placeholder: Placeholder = Field(default_factory=Placeholder)
-    triggers: dict[Literal["S12", "S13", "S14", "S15"],
-                   Literal["create", "move", "move_if_times_changed", "cancel", "ignore"]] = Field(
-        default_factory=lambda: {"S12": "create", "S13": "move",
-                                 "S14": "move_if_times_changed", "S15": "cancel"})
+    triggers: dict[Trigger, Action] = Field(default_factory=lambda: dict(_DEFAULT_ACTIONS))
     cancellation_reason: str = Field("Cancelled in the EHR", max_length=200)
 
     @field_validator("timezone")
@@ -111,6 +114,7 @@ class InboundChannel(_Model):
         return self
 
     def action(self, trigger: str) -> str:
+        # any MSH-9.2 may arrive: the Literal-keyed map has no entry for the others
         return self.triggers.get(trigger, "ignore")  # type: ignore[call-overload]
 
     def placeholder_email(self, ehr_appointment_id: str) -> str:

@@ -196,6 +196,7 @@ class InboundHandler:
             received_at=time.time(), ack_code="AA", job_params=params,
         )
         try:
+            # attr-defined: both stores have it; the Store protocol covers the outbound side only
             result = await self.store.accept_inbound(msg)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - not stored: the EHR must resend
             log.error("inbound message not stored", extra={"error": type(exc).__name__,

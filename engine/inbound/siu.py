@@ -124,10 +124,10 @@ def parse_hl7_time(value: str, zone: ZoneInfo) -> datetime:
     if len(v) == 19 and v[14] in "+-" and v[:14].isdigit() and v[15:].isdigit():
         # the common full form, e.g. 20250321140000-0500
         minutes = int(v[15:17]) * 60 + int(v[17:19])
-        offset = timedelta(minutes=minutes if v[14] == "+" else -minutes)
+        shift = timedelta(minutes=minutes if v[14] == "+" else -minutes)
         naive = datetime(int(v[0:4]), int(v[4:6]), int(v[6:8]), int(v[8:10]), int(v[10:12]),
                          int(v[12:14]))
-        return (naive - offset).replace(tzinfo=UTC)
+        return (naive - shift).replace(tzinfo=UTC)
     offset: timedelta | None = None
     for sign in ("+", "-"):
         pos = v.find(sign, 8)

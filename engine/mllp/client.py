@@ -148,6 +148,7 @@ async def open_connection(
     # asyncio's reader limit is irrelevant: FrameReader enforces max_frame_bytes itself
     try:
         async with asyncio.timeout(settings.connect_timeout_seconds):
+            # arg-type: the TLS keywords are only passed with a context, so they sit in a dict
             reader, writer = await asyncio.open_connection(host, port, **kwargs)  # type: ignore[arg-type]
     except TimeoutError:
         raise ConnectTimeout(
@@ -189,6 +190,7 @@ class Backoff:
 
     @classmethod
     def from_settings(cls, settings: ConnectionSettings, **kw: object) -> Backoff:
+        # arg-type: **kw passes the remaining keyword arguments of __init__ through unchanged
         return cls(settings.reconnect_initial_seconds, settings.reconnect_max_seconds, **kw)  # type: ignore[arg-type]
 
     def peek(self, attempt: int | None = None) -> float:

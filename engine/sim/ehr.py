@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.hl7.ack import build_ack, read_msh10
 from engine.mllp.server import CloseConnection, Peer, serve, shutdown
 
-_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_encode_str = json.encoder.encode_basestring_ascii
 
 
 def _js(value: str | None) -> str:

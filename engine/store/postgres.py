@@ -775,7 +775,8 @@ class PostgresStore(PostgresInboundMixin):
     async def audit(
         self, appointment_id: str | None, since: float | None, limit: int
     ) -> list[dict[str, Any]]:
-        clauses, args = [], [limit]
+        clauses: list[str] = []
+        args: list[Any] = [limit]
         if appointment_id is not None:
             args.append(pg_text(appointment_id))
             clauses.append(f"appointment_id = ${len(args)}")

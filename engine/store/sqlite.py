@@ -793,7 +793,9 @@ def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMes
         ).fetchone()
         for i, lane_id, head_id in json.loads(found):
             lanes[part[i]] = (lane_id, head_id)
-    rows, heads, first_s12 = [], {}, set()
+    rows: list[tuple[Any, ...]] = []
+    heads: dict[int, int] = {}
+    first_s12: set[tuple[str, str]] = set()
     for message_id, (event_id, m) in enumerate(messages, start=last_id + 1):
         lane_id, head_id = lanes[(m.destination, m.lane_key)]
         if head_id is None:

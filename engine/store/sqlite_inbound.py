@@ -28,6 +28,7 @@ _J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 class SQLiteInboundMixin:
     _call: Any  # provided by SQLiteStore
+    _read: Any  # provided by SQLiteStore
     # adaptive group commit: wait up to this long for as many messages as the last batch had
     inbound_linger_seconds: float = 0.001
 
