@@ -97,8 +97,12 @@ async def cmd_message(store: Store, args: argparse.Namespace) -> int:
         return 1
     print(f"message {msg['id']}  {msg['message_type']}  MSH-10 {msg['control_id']}  "
           f"status {msg['status']}  destination {msg['destination']}  channel {msg['channel']}")
+    # every send on record; the message's own counter is its retry budget, which a resend or
+    # a reprocess starts again, and which a send whose claim was taken over does not raise
+    sends = len(msg["attempt_log"])
+    budget = "" if msg["attempts"] == sends else f" ({msg['attempts']} in its retry budget)"
     print(f"appointment {msg['appointment_id']}  lane {msg['lane']}  "
-          f"correlation {msg['correlation_id']}  attempts {msg['attempts']}")
+          f"correlation {msg['correlation_id']}  attempts {sends}{budget}")
     print(f"accepted {_fmt_time(msg['accepted_at'])}  queued {_fmt_time(msg['created_at'])}  "
           f"acked {_fmt_time(msg['acked_at'])}")
     if msg["error"]:
