@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.store import open_store
+from engine.store import open_store, requeue
 from engine.store.base import QUARANTINED, Store
 
 
@@ -118,11 +118,32 @@ async def cmd_message(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _held_lines(held: Sequence[requeue.Held]) -> str:
+    return "\n".join(f"  {h.line()}" for h in held)
+
+
 async def cmd_resend(store: Store, args: argparse.Namespace) -> int:
-    ok = await store.resend(args.id, _who())
+    try:
+        ok = await store.resend(args.id, _who())
+    except requeue.LaterChangesSent as refused:
+        if not args.force:
+            print(f"message {args.id} was not queued: {_newer_text(refused)}\nIf the EHR must"
+                  f" get it anyway, after them: calhl7 resend {args.id} --force",
+                  file=sys.stderr)
+            return 1
+        print(f"warning: message {args.id} goes out after later changes of its appointment"
+              f" (--force):\n{_held_lines(refused.later)}", file=sys.stderr)
+        ok = await store.resend(args.id, _who(), force=True)
     print(f"message {args.id} queued again with its original bytes and MSH-10" if ok
           else f"no message {args.id}")
     return 0 if ok else 1
+
+
+def _newer_text(refused: requeue.LaterChangesSent) -> str:
+    return ("its destination has, or may have, later changes of the same appointment:\n"
+            f"{_held_lines(refused.later)}\n"
+            "Sent now, it would reach the EHR after them and put the appointment back in an"
+            " older state (an S12 after an S15 books a cancelled appointment again).")
 
 
 async def cmd_reprocess(store: Store, args: argparse.Namespace) -> int:
@@ -158,7 +179,42 @@ async def cmd_reprocess(store: Store, args: argparse.Namespace) -> int:
     if rendered.error:
         print(f"still cannot render message {args.id}: {rendered.error}", file=sys.stderr)
         return 1
-    if not await store.replace_payload(args.id, rendered.control_id, rendered.payload, _who()):
+
+    force = False
+    while True:  # a second time only with --force, after the warning
+        try:
+            ok = await store.replace_payload(args.id, rendered.control_id, rendered.payload,
+                                             _who(), force=force)
+            break
+        except requeue.InFlight as refused:  # never forced: its bytes may be on the wire
+            print(f"{refused}: nothing changed. The same change under a new MSH-10 would"
+                  f" reach the EHR twice. Wait for its outcome (calhl7 message {args.id}); to"
+                  f" keep it from being sent again meanwhile, pause its channel first (calhl7"
+                  f" pause {msg['channel']}) and reprocess once the claim has ended.",
+                  file=sys.stderr)
+            return 1
+        except requeue.MayBeHeld as refused:
+            if not args.force:
+                print(f"message {args.id} was not changed: the EHR may have it already:\n"
+                      f"{_held_lines(refused.held)}\nThe same change under a new MSH-10 would"
+                      f" reach it twice. To send it again, resend it (calhl7 resend"
+                      f" {args.id}: same bytes and MSH-10, so the EHR can tell a repeat). If"
+                      f" the EHR confirms it has none of these MSH-10s: calhl7 reprocess"
+                      f" {args.id} --force", file=sys.stderr)
+                return 1
+            print(f"warning: message {args.id} is rendered again although the EHR may have"
+                  f" it (--force):\n{_held_lines(refused.held)}", file=sys.stderr)
+            force = True
+        except requeue.LaterChangesSent as refused:
+            if not args.force:
+                print(f"message {args.id} was not changed: {_newer_text(refused)}\nIf the"
+                      f" EHR must get it anyway, after them: calhl7 reprocess {args.id}"
+                      f" --force", file=sys.stderr)
+                return 1
+            print(f"warning: message {args.id} goes out after later changes of its"
+                  f" appointment (--force):\n{_held_lines(refused.later)}", file=sys.stderr)
+            force = True
+    if not ok:
         print(f"message {args.id} was acknowledged meanwhile; nothing changed", file=sys.stderr)
         return 1
     print(f"message {args.id} rendered again as MSH-10 {rendered.control_id} "
@@ -243,12 +299,17 @@ def register(
 
     p = sub.add_parser("resend", parents=[store_args], help="send the same bytes, same MSH-10")
     p.add_argument("id", type=int)
+    p.add_argument("--force", action="store_true",
+                   help="even after later changes of its appointment (prints them)")
     p.set_defaults(func=run_with_store(cmd_resend))
 
     p = sub.add_parser("reprocess", parents=[store_args],
                        help="render a message again with today's channels (new MSH-10)")
     p.add_argument("id", type=int)
     p.add_argument("--channels", default=os.environ.get("CALHL7_CHANNELS", "channels"))
+    p.add_argument("--force", action="store_true",
+                   help="even if the EHR may have it, or has later changes of its appointment"
+                        " (prints them); never while it is being sent")
     p.set_defaults(func=run_with_store(cmd_reprocess))
 
     p = sub.add_parser("release", parents=[store_args], help="let a held lane move on")

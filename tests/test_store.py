@@ -36,6 +36,12 @@ def message(appointment: str, control_id: str, *, mtype: str = "SIU^S12", error:
     )
 
 
+def ack(code: str, control_id: str) -> bytes:
+    """An EHR's reply naming the MSH-10 it answers."""
+    return (f"MSH|^~\\&|EHR|CLINIC|CALHL7|CALHL7|20260310120000+0000||ACK|R{control_id}|P|2.5.1"
+            f"\rMSA|{code}|{control_id}").encode()
+
+
 async def enqueue(store, event_id: int, *msgs: NewMessage) -> None:
     await store.commit_processed(
         [ProcessedEvent(event_id=event_id, state=base.PROCESSED, messages=tuple(msgs))]
@@ -272,7 +278,8 @@ async def test_replace_payload_requeues_under_a_new_control_id(store) -> None:
     now = time.time()
     (a1,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
     await store.record_attempts([AttemptRecord(a1.id, a1.lane_id, a1.fence, "dead", now,
-                                               ack_code="AE", detail="bad code")])
+                                               ack=ack("AE", "A1"), ack_code="AE",
+                                               detail="bad code")])
     assert not await store.replace_payload(999_999, "X", b"x", "analyst")
     assert await store.replace_payload(a1.id, "A1-FIX", b"MSH|fixed", "analyst")
     (m,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 1)
@@ -427,7 +434,8 @@ async def test_reprocess_while_in_flight_fences_the_old_send(store) -> None:
     await enqueue(store, r.event_id, message("A", "A1"))
     now = time.time()
     (old,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
-    await store.record_attempts([AttemptRecord(old.id, old.lane_id, old.fence, "dead", now)])
+    await store.record_attempts([AttemptRecord(old.id, old.lane_id, old.fence, "dead", now,
+                                               ack=ack("AE", "A1"), ack_code="AE")])
     assert (await store.message(old.id))["status"] == "dead"
     # the analyst reprocesses; a send of the old bytes that was still in flight answers late
     assert await store.replace_payload(old.id, "A1-fixed", b"MSH|fixed", "analyst")
@@ -456,9 +464,11 @@ async def test_an_attempt_is_logged_under_the_control_id_that_went_out(store) ->
     r = await store.accept_webhook(webhook(b'{"sent-under":1}'))
     await enqueue(store, r.event_id, message("A", "A1"))
     now = time.time()
-    (sent,) = await store.claim_lane_heads("ehr", 10, "n", 30, now)
-    # an analyst reprocesses while the old bytes (MSH-10 A1) are on the wire
-    assert await store.replace_payload(sent.id, "A1-fixed", b"MSH|fixed", "analyst")
+    (sent,) = await store.claim_lane_heads("ehr", 10, "n", -1, now)
+    # a stalled sender's lease lapsed; an analyst forces a reprocess while its old bytes
+    # (MSH-10 A1) are still on the wire
+    assert await store.replace_payload(sent.id, "A1-fixed", b"MSH|fixed", "analyst",
+                                       force=True)
     await store.record_attempts([AttemptRecord(sent.id, sent.lane_id, sent.fence, "delivered",
                                                now + 1, control_id=sent.control_id)])
     (new,) = await store.claim_lane_heads("ehr", 10, "n", 30, now + 2)

@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from engine.store import base
+from engine.store import base, requeue
 from engine.store.base import (
     AcceptResult,
     AttemptRecord,
@@ -664,55 +664,51 @@ class PostgresStore(PostgresInboundMixin):
             )]
         return msg
 
-    async def resend(self, message_id: int, who: str) -> bool:
+    async def resend(self, message_id: int, who: str, *, force: bool = False) -> bool:
         async def fn(conn: asyncpg.Connection) -> bool:
-            lane_id = await conn.fetchval("SELECT lane_id FROM outbound WHERE id = $1",
-                                          message_id)
-            if lane_id is None:
+            facts = await _requeue_facts(conn, message_id)
+            if facts is None:
                 return False
-            await _lock_lane(conn, lane_id)
-            status, appointment_id = await conn.fetchrow(
-                "SELECT status, appointment_id FROM outbound WHERE id = $1", message_id
-            )
-            if status == base.QUEUED:
+            message, later, lane_id, appointment_id = facts
+            detail: dict[str, Any] = {"message": message_id}
+            if message.status == base.QUEUED:  # it goes in its turn anyway: no back-off
                 await conn.execute("UPDATE lanes SET ready_at = 0 WHERE id = $1", lane_id)
             else:
+                passed = requeue.check_resend(message, later, time.time(), force)
+                if passed:
+                    detail["forced_after"] = [h.message_id for h in passed]
                 await conn.execute(
                     "UPDATE outbound SET status = 'queued', attempts = 0 WHERE id = $1",
                     message_id,
                 )
                 await _requeue_in_lane(conn, lane_id, message_id)
-            await audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
+            await audit_operator(conn, "resend", who, appointment_id, detail)
             return True
 
         return await self._tx(fn)
 
     async def replace_payload(
-        self, message_id: int, control_id: str, payload: bytes, who: str
+        self, message_id: int, control_id: str, payload: bytes, who: str, *,
+        force: bool = False,
     ) -> bool:
         async def fn(conn: asyncpg.Connection) -> bool:
-            lane_id = await conn.fetchval("SELECT lane_id FROM outbound WHERE id = $1",
-                                          message_id)
-            if lane_id is None:
-                return False
-            await _lock_lane(conn, lane_id)
-            old_control_id, appointment_id, status = await conn.fetchrow(
-                "SELECT control_id, appointment_id, status FROM outbound WHERE id = $1",
-                message_id,
-            )
-            if status == base.ACKED:
+            facts = await _requeue_facts(conn, message_id)
+            if facts is None or facts[0].status == base.ACKED:
                 return False  # acknowledged meanwhile: a new MSH-10 would be a duplicate
+            message, later, lane_id, appointment_id = facts
+            passed = requeue.check_reprocess(message, later, time.time(), force)
             await conn.execute(
                 "UPDATE outbound SET control_id = $2, payload = $3, status = 'queued',"
                 " attempts = 0, last_error = NULL WHERE id = $1",
                 message_id, pg_text(control_id), payload,
             )
             await _requeue_in_lane(conn, lane_id, message_id)
-            await audit_operator(
-                conn, "reprocess", who, appointment_id,
-                {"message": message_id, "old_control_id": old_control_id,
-                 "control_id": control_id},
-            )
+            detail: dict[str, Any] = {"message": message_id,
+                                      "old_control_id": message.control_id,
+                                      "control_id": control_id}
+            if passed:
+                detail["forced_after"] = sorted({h.message_id for h in passed})
+            await audit_operator(conn, "reprocess", who, appointment_id, detail)
             return True
 
         return await self._tx(fn)
@@ -868,6 +864,46 @@ async def _advance_lanes(
         "SELECT calhl7_advance_lanes($1::bigint[], $2::bigint[], $3::float8)",
         [lane for lane, _ in lanes], [after for _, after in lanes], now,
     )
+
+
+async def _requeue_facts(
+    conn: asyncpg.Connection, message_id: int
+) -> tuple[requeue.MessageFacts, list[requeue.MessageFacts], int, str] | None:
+    """A message, the later messages of its appointment to its destination, and their sends:
+    what an operator's resend or reprocess is checked against (see store/requeue.py). The
+    lanes of those messages are locked, in id order, so no claim or outcome lands meanwhile."""
+    row = await conn.fetchrow(
+        "SELECT lane_id, destination, appointment_id FROM outbound WHERE id = $1", message_id
+    )
+    if row is None:
+        return None
+    lane_id, destination, appointment_id = row
+    await conn.execute(
+        "SELECT 1 FROM lanes WHERE id IN (SELECT lane_id FROM outbound"
+        " WHERE destination = $1 AND appointment_id = $2 AND id >= $3) ORDER BY id FOR UPDATE",
+        destination, appointment_id, message_id,
+    )
+    rows = await conn.fetch(
+        "SELECT o.id, o.message_type, o.control_id, o.status, o.acked_at,"
+        " CASE WHEN l.head_id = o.id THEN l.owner END AS owner, l.lease_until"
+        " FROM outbound o JOIN lanes l ON l.id = o.lane_id"
+        " WHERE o.destination = $1 AND o.appointment_id = $2 AND o.id >= $3 ORDER BY o.id",
+        destination, appointment_id, message_id,
+    )
+    sends: dict[int, list[requeue.Send]] = {}
+    for a in await conn.fetch(
+        "SELECT message_id, control_id, at, outcome, ack FROM attempts"
+        " WHERE message_id = ANY($1::bigint[]) ORDER BY id",
+        [r["id"] for r in rows],
+    ):
+        sends.setdefault(a["message_id"], []).append(
+            requeue.Send(a["control_id"], a["at"], a["outcome"], a["ack"]))
+    facts = [requeue.MessageFacts(r["id"], r["message_type"], r["control_id"], r["status"],
+                                  r["acked_at"], r["owner"],
+                                  r["lease_until"] if r["owner"] else None,
+                                  tuple(sends.get(r["id"], ())))
+             for r in rows]
+    return facts[0], facts[1:], lane_id, appointment_id
 
 
 async def _requeue_in_lane(conn: asyncpg.Connection, lane_id: int, message_id: int) -> None:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.store import base
+from engine.store import base, requeue
 from engine.store.base import (
     AcceptResult,
     AttemptRecord,
@@ -395,49 +395,51 @@ class SQLiteStore(SQLiteInboundMixin):
 
         return await self._read(fn)
 
-    async def resend(self, message_id: int, who: str) -> bool:
+    async def resend(self, message_id: int, who: str, *, force: bool = False) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT lane_id, status, appointment_id FROM outbound WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:
+            facts = _requeue_facts(conn, message_id)
+            if facts is None:
                 return False
-            lane_id, status, appointment_id = row
-            if status == base.QUEUED:
+            message, later, lane_id, appointment_id = facts
+            detail: dict[str, Any] = {"message": message_id}
+            if message.status == base.QUEUED:  # it goes in its turn anyway: no back-off
                 conn.execute("UPDATE lanes SET ready_at = 0 WHERE id = ?", (lane_id,))
             else:
+                passed = requeue.check_resend(message, later, time.time(), force)
+                if passed:
+                    detail["forced_after"] = [h.message_id for h in passed]
                 conn.execute(
                     "UPDATE outbound SET status = 'queued', attempts = 0 WHERE id = ?",
                     (message_id,),
                 )
                 _requeue_in_lane(conn, lane_id, message_id)
-            audit_operator(conn, "resend", who, appointment_id, {"message": message_id})
+            audit_operator(conn, "resend", who, appointment_id, detail)
             return True
 
         return await self._call(fn)
 
     async def replace_payload(
-        self, message_id: int, control_id: str, payload: bytes, who: str
+        self, message_id: int, control_id: str, payload: bytes, who: str, *,
+        force: bool = False,
     ) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT lane_id, control_id, appointment_id, status FROM outbound WHERE id = ?",
-                (message_id,),
-            ).fetchone()
-            if row is None or row[3] == base.ACKED:
+            facts = _requeue_facts(conn, message_id)
+            if facts is None or facts[0].status == base.ACKED:
                 return False  # acknowledged meanwhile: a new MSH-10 would be a duplicate
-            lane_id, old_control_id, appointment_id, _status = row
+            message, later, lane_id, appointment_id = facts
+            passed = requeue.check_reprocess(message, later, time.time(), force)
             conn.execute(
                 "UPDATE outbound SET control_id = ?, payload = ?, status = 'queued',"
                 " attempts = 0, last_error = NULL WHERE id = ?",
                 (control_id, payload, message_id),
             )
             _requeue_in_lane(conn, lane_id, message_id)
-            audit_operator(
-                conn, "reprocess", who, appointment_id,
-                {"message": message_id, "old_control_id": old_control_id,
-                 "control_id": control_id},
-            )
+            detail: dict[str, Any] = {"message": message_id,
+                                      "old_control_id": message.control_id,
+                                      "control_id": control_id}
+            if passed:
+                detail["forced_after"] = sorted({h.message_id for h in passed})
+            audit_operator(conn, "reprocess", who, appointment_id, detail)
             return True
 
         return await self._call(fn)
@@ -883,6 +885,37 @@ def _advance_lane(conn: sqlite3.Connection, lane_id: int, after_id: int, now: fl
         " WHERE id = ?",
         (lane_id,),
     )
+
+
+def _requeue_facts(
+    conn: sqlite3.Connection, message_id: int
+) -> tuple[requeue.MessageFacts, list[requeue.MessageFacts], int, str] | None:
+    """A message, the later messages of its appointment to its destination, and their sends:
+    what an operator's resend or reprocess is checked against (see store/requeue.py)."""
+    row = conn.execute(
+        "SELECT lane_id, destination, appointment_id FROM outbound WHERE id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    lane_id, destination, appointment_id = row
+    rows = conn.execute(
+        "SELECT o.id, o.message_type, o.control_id, o.status, o.acked_at,"
+        " CASE WHEN l.head_id = o.id THEN l.owner END, l.lease_until"
+        " FROM outbound o JOIN lanes l ON l.id = o.lane_id"
+        " WHERE o.destination = ? AND o.appointment_id = ? AND o.id >= ? ORDER BY o.id",
+        (destination, appointment_id, message_id),
+    ).fetchall()
+    sends: dict[int, list[requeue.Send]] = {}
+    for mid, control_id, at, outcome, ack in conn.execute(
+        "SELECT message_id, control_id, at, outcome, ack FROM attempts"
+        " WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        (json.dumps([r[0] for r in rows]),),
+    ):
+        sends.setdefault(mid, []).append(requeue.Send(control_id, at, outcome, ack))
+    facts = [requeue.MessageFacts(mid, mtype, cid, status, acked_at, owner,
+                                  lease if owner else None, tuple(sends.get(mid, ())))
+             for mid, mtype, cid, status, acked_at, owner, lease in rows]
+    return facts[0], facts[1:], lane_id, appointment_id
 
 
 def _requeue_in_lane(conn: sqlite3.Connection, lane_id: int, message_id: int) -> None:
