@@ -80,7 +80,7 @@ class Engine:
     def __init__(self, settings: EngineSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store: Store = open_store(settings.store_url or str(settings.data_dir))
+        self.store: Store = open_store(settings.store_url or str(settings.data_dir), engine=True)
         self.readiness = Readiness()
         self.stop = asyncio.Event()
         self._config: Config | None = None

@@ -78,11 +78,15 @@ def _serve(args: argparse.Namespace) -> int:
         settings.mllp_tls_client_ca = args.mllp_tls_client_ca
         settings.mllp_max_frame_bytes = args.mllp_max_frame_bytes
     from engine.channels.config import ConfigError
+    from engine.store.lock import StoreInUse
 
     try:
         run_fast(Engine(settings).run())
     except ConfigError as exc:
         print(f"calhl7: the channel configuration has problems:\n{exc}", file=sys.stderr)
+        return 2
+    except StoreInUse as exc:
+        print(f"calhl7: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -34,6 +34,7 @@ from engine.store.base import (
     QueuedMessage,
     StoredEvent,
 )
+from engine.store.lock import DataDirLock
 from engine.store.migrations import load_migrations
 from engine.store.sqlite_common import AUDIT_INSERT, audit_operator
 from engine.store.sqlite_inbound import SQLiteInboundMixin, read_inbound_origins
@@ -45,8 +46,10 @@ _STOP = object()
 
 
 class SQLiteStore(SQLiteInboundMixin):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, exclusive: bool = False) -> None:
         self.path = Path(path)
+        # the engine's store: one per data directory (see store/lock.py); operators share it
+        self._lock = DataDirLock(self.path.parent) if exclusive else None
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -65,14 +68,21 @@ class SQLiteStore(SQLiteInboundMixin):
                 f" this Python uses {sqlite3.sqlite_version}. Run a newer Python build, or"
                 " use PostgreSQL with --store postgresql://...")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # the batch statements vary in their number of rows: keep their plans
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               cached_statements=512)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # a 2xx is only sent after the fsync
-        conn.execute("PRAGMA busy_timeout=10000")  # operator CLIs write from other processes
-        conn.execute("PRAGMA foreign_keys=ON")
-        _migrate(conn)
+        if self._lock is not None:
+            self._lock.acquire()  # raises StoreInUse, naming the engine that holds it
+        try:
+            # the batch statements vary in their number of rows: keep their plans
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   cached_statements=512)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a 2xx is only sent after the fsync
+            conn.execute("PRAGMA busy_timeout=10000")  # operator CLIs write from other processes
+            conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         self._conn = conn
         self._read_conn = sqlite3.connect(self.path, isolation_level=None,
                                           check_same_thread=False)
@@ -92,6 +102,8 @@ class SQLiteStore(SQLiteInboundMixin):
         assert self._read_conn is not None
         self._read_conn.close()
         self._conn.close()
+        if self._lock is not None:
+            self._lock.release()
 
     # ------------------------------------------------------------------ the writer thread
     async def _call(self, fn: Callable[[sqlite3.Connection], T], urgent: bool = False,
