@@ -94,9 +94,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from engine import logs
     from engine.demo import run_demo
+    from engine.store.lock import StoreInUse
 
     logs.configure("error")  # the demo prints its own story; its deliberate forgery is no alarm
-    return run_demo(args)
+    try:
+        return run_demo(args)
+    except StoreInUse as exc:
+        print(f"calhl7: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,7 +58,12 @@ async def _demo(data: Path, quiet: bool = False) -> int:
                                    secrets={"default": [DEMO_SECRET]}))
     ready = asyncio.Event()
     task = asyncio.create_task(engine.run(ready))
-    await asyncio.wait_for(ready.wait(), 30)
+    started = asyncio.ensure_future(ready.wait())
+    await asyncio.wait([task, started], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():  # it stopped before it was ready (the data directory in use...): say why
+        started.cancel()
+        task.result()
+    await asyncio.wait_for(started, 30)
     say(f"engine: webhooks on http://127.0.0.1:{http_port}/webhooks/calcom, "
         f"store {data / 'calhl7.sqlite3'}\n")
 
