@@ -203,7 +203,8 @@ async def cmd_reprocess(store: Store, args: argparse.Namespace) -> int:
                       f" {args.id} --force", file=sys.stderr)
                 return 1
             print(f"warning: message {args.id} is rendered again although the EHR may have"
-                  f" it (--force):\n{_held_lines(refused.held)}", file=sys.stderr)
+                  f" it (--force):\n{_held_lines(refused.held + refused.later)}",
+                  file=sys.stderr)
             force = True
         except requeue.LaterChangesSent as refused:
             if not args.force:

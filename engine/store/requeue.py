@@ -85,8 +85,9 @@ class InFlight(Refused):
 class MayBeHeld(Refused):
     """The EHR may hold this message's change under an MSH-10 it was sent with already."""
 
-    def __init__(self, message_id: int, held: list[Held]) -> None:
-        self.message_id, self.held = message_id, held
+    def __init__(self, message_id: int, held: list[Held], later: list[Held]) -> None:
+        # `later`: what LaterChangesSent would name too, so a --force warning names it all
+        self.message_id, self.held, self.later = message_id, held, later
         super().__init__(f"message {message_id} may be at the EHR already: "
                          + "; ".join(h.line() for h in held))
 
@@ -168,7 +169,7 @@ def check_reprocess(message: MessageFacts, later: Sequence[MessageFacts], now: f
     newer = later_held(later, now)
     if not force:
         if held:
-            raise MayBeHeld(message.id, held)
+            raise MayBeHeld(message.id, held, newer)
         if newer:
             raise LaterChangesSent(message.id, newer)
     return held + newer
