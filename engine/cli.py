@@ -60,6 +60,16 @@ def _serve(args: argparse.Namespace) -> int:
               "your Cal.com webhook), or pass --insecure-dev to accept unsigned webhooks "
               "on a development machine.", file=sys.stderr)
         return 2
+    if not args.store:
+        from engine.store.sqlite_version import sqlite_problem
+
+        try:
+            problem = sqlite_problem()
+        except ValueError as exc:  # CALHL7_MIN_SQLITE is not a version
+            problem = f"CALHL7_MIN_SQLITE: {exc}"
+        if problem:
+            print(f"calhl7: {problem}", file=sys.stderr)
+            return 2
     http_host, http_port = args.http
     metrics = args.metrics
     settings = EngineSettings(
@@ -102,6 +112,25 @@ def _demo(args: argparse.Namespace) -> int:
     except StoreInUse as exc:
         print(f"calhl7: {exc}", file=sys.stderr)
         return 2
+
+
+def _init(args: argparse.Namespace) -> int:
+    from engine.site_init import InitError, init_site
+
+    target = Path(args.dir)
+    try:
+        written = init_site(target, force=args.force)
+    except InitError as exc:
+        print(f"calhl7 init: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"  wrote {path}")
+    print(f"\nNext: adapt the files in {target} (every option is shown, commented where it "
+          f"keeps its default), then\n"
+          f"  calhl7 check {target}\n"
+          f"  calhl7 render --channel {target / 'clinic.yaml'} booking.json --fields\n"
+          f"  calhl7 serve --channels {target}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="keep the demo's store here (default: temp)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("init", help="start a new site: a channel, a destination and an inbound "
+                                    "file with every option shown, and the templates to adapt")
+    p.add_argument("dir", help="the new site's channel folder (created)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that is not empty (files of the same name are "
+                        "replaced, others left alone)")
+    p.set_defaults(func=_init)
 
     operator.register(sub, store_args)
     from engine.channels import cli as channels_cli

@@ -22,8 +22,8 @@ import httpx
 from engine.app import Engine, EngineSettings
 from engine.sim.bookings import StoryTeller, compact, sign
 from engine.sim.ehr import SimPolicy, run_sim, stop_sim
+from engine.site_init import copy_data, example_channels
 
-REPO_CHANNELS = Path(__file__).resolve().parents[1] / "channels"
 DEMO_SECRET = "demo-secret-not-for-production"
 
 
@@ -44,6 +44,10 @@ async def _demo(data: Path, quiet: bool = False) -> int:
     os.environ.update({"EHR_MAIN_HOST": "127.0.0.1", "EHR_MAIN_PORT": str(main_port),
                        "EHR_LEGACY_HOST": "127.0.0.1", "EHR_LEGACY_PORT": str(legacy_port)})
     data.mkdir(parents=True, exist_ok=True)
+    # the example channels are package data: copied out, they work from an installed wheel
+    # too, and the analyst's render command below can point at them
+    channels = data / "channels"
+    copy_data(example_channels(), channels)
     main_log, legacy_log = data / "ehr-main.jsonl", data / "ehr-legacy.jsonl"
     # the legacy system refuses S26, like many do; the main EHR takes everything
     sims = [await run_sim("127.0.0.1", main_port, SimPolicy(sending_application="MAIN_EHR"),
@@ -54,7 +58,7 @@ async def _demo(data: Path, quiet: bool = False) -> int:
     say(f"simulated EHRs: main (v2.5.1) on 127.0.0.1:{main_port}, "
         f"legacy (v2.3, ASCII) on 127.0.0.1:{legacy_port}")
     engine = Engine(EngineSettings(http_port=http_port, data_dir=data,
-                                   channels_dir=REPO_CHANNELS,
+                                   channels_dir=channels,
                                    secrets={"default": [DEMO_SECRET]}))
     ready = asyncio.Event()
     task = asyncio.create_task(engine.run(ready))
@@ -115,7 +119,7 @@ async def _demo(data: Path, quiet: bool = False) -> int:
         f"  ./dev dead-letters {d}         # what needs an analyst\n"
         f"  ./dev message 1 {d}            # one SIU, each attempt, each ACK\n"
         f"  ./dev audit {d}                # who booked, moved or cancelled what, what we sent\n"
-        f"  ./dev render --channel channels/family-medicine.yaml "
+        f"  ./dev render --channel {channels / 'family-medicine.yaml'} "
         f"../shared/calcom/webhooks/booking_created.json")
     drained = counts.get("events_pending", 0) == 0 and counts.get("messages_queued", 0) == 0
     return 0 if drained else 1

@@ -71,7 +71,6 @@ def test_image_entry_command_and_health_check_run_here(tmp_path: Path) -> None:
     http, metrics = free_port(), free_port()
     env.update({"CALHL7_HTTP": f"127.0.0.1:{http}", "CALHL7_METRICS": f"127.0.0.1:{metrics}",
                 "CALHL7_DATA": str(tmp_path), "CALHL7_CHANNELS": str(REPO / "channels"),
-                "CALHL7_TEMPLATES": str(REPO / "hl7_templates"),
                 "CALHL7_WEBHOOK_SECRET": "docker-test", "CALHL7_LOG_LEVEL": "warning"})
     text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
     entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, flags=re.M).group(1))

@@ -81,12 +81,24 @@ def cmd_check(args: argparse.Namespace) -> int:
             shown = config.channel_files[channel.name].name
             print(f"{shown}: hl7.template: sample booking: {problem}", file=sys.stderr)
             bad += 1
+    # inbound/*.yaml too: `serve` refuses to start on a problem there as well
+    from engine.inbound.config import load_inbound_config, own_applications_of
+
+    try:
+        inbound = load_inbound_config(args.dir, own_applications_of(config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        bad += len(exc.problems)
+        inbound = None
     if bad:
         print(f"{bad} problem(s)", file=sys.stderr)
         return 1
     enabled = sum(1 for c in config.channels if c.enabled)
+    inbound_count = len(inbound.channels) if inbound else 0
     print(f"OK: {len(config.channels)} channel(s) ({enabled} enabled), "
-          f"{len(config.destinations)} destination(s) in {args.dir}")
+          f"{len(config.destinations)} destination(s), {inbound_count} inbound channel(s) "
+          f"in {args.dir}")
     return 0
 
 

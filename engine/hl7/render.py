@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from datetime import date, datetime, timedelta, tzinfo
 from functools import cache, lru_cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,16 +26,15 @@ import jinja2
 
 from engine.hl7.escape import escape
 
-# The shipped templates: CALHL7_TEMPLATES, else hl7_templates/ of the source tree (an
-# editable install), else ./hl7_templates (the Docker image's working directory).
-TEMPLATE_DIR = next(
-    (p for p in (Path(os.environ["CALHL7_TEMPLATES"]) if os.environ.get("CALHL7_TEMPLATES")
-                 else None,
-                 Path(__file__).resolve().parents[2] / "hl7_templates",
-                 Path.cwd() / "hl7_templates") if p is not None and p.is_dir()),
-    Path(__file__).resolve().parents[2] / "hl7_templates",
-)
+# The shipped templates are package data: hl7_templates/ of the repository, installed as
+# engine.hl7_templates. A channel that wants its own names a file with `hl7.template`.
+SHIPPED_TEMPLATES = "engine.hl7_templates"
 DEFAULT_TEMPLATES: dict[str, str] = {"2.5.1": "siu_v251.hl7.j2", "2.3": "siu_v23.hl7.j2"}
+
+
+def shipped_templates() -> Traversable:
+    """The folder of the shipped templates, wherever the package is installed."""
+    return resources.files(SHIPPED_TEMPLATES)
 
 
 class Escaped(str):
@@ -73,9 +73,9 @@ class TemplateError(Exception):
     """A template that does not compile or render; the message names the template and line."""
 
 
-def _environment(search_path: Path) -> jinja2.Environment:
+def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(search_path)),
+        loader=loader,
         finalize=hl7_value,
         autoescape=False,  # HL7 escaping is done by finalize, for every expression
         # No trim_blocks: a block tag ending a segment line must not eat its newline. Lines
@@ -90,10 +90,12 @@ class SiuTemplate:
 
     __slots__ = ("name", "_template", "_render_func")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, loader: jinja2.BaseLoader | None = None) -> None:
+        """Compile the template file `path`; with `loader`, `path.name` is read through it
+        and `path` only names the template in errors."""
         self.name = str(path)
         try:
-            env = _environment(path.parent)
+            env = _environment(loader or jinja2.FileSystemLoader(str(path.parent)))
             self._template = env.get_template(path.name)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{path}:{exc.lineno}: {exc.message}") from None
@@ -114,7 +116,10 @@ class SiuTemplate:
 @cache
 def default_template(version: str) -> SiuTemplate:
     """The shipped template for an HL7 version, compiled once per process."""
-    return SiuTemplate(TEMPLATE_DIR / DEFAULT_TEMPLATES[version])
+    folder = shipped_templates()
+    # read through importlib.resources: works from a wheel, a zip or a checkout alike
+    loader = jinja2.FunctionLoader(lambda name: folder.joinpath(name).read_text(encoding="utf-8"))
+    return SiuTemplate(Path(SHIPPED_TEMPLATES, DEFAULT_TEMPLATES[version]), loader)
 
 
 def format_ts(value: datetime, zone: tzinfo, with_offset: bool = True) -> str:

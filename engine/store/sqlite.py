@@ -38,9 +38,9 @@ from engine.store.lock import DataDirLock
 from engine.store.migrations import load_migrations
 from engine.store.sqlite_common import AUDIT_INSERT, audit_operator
 from engine.store.sqlite_inbound import SQLiteInboundMixin, read_inbound_origins
+from engine.store.sqlite_version import sqlite_problem
 
 T = TypeVar("T")
-_MIN_SQLITE = (3, 38, 0)
 _MAX_GROUP = 512  # calls per transaction; bounds the latency of the first one in a group
 _STOP = object()
 
@@ -62,11 +62,9 @@ class SQLiteStore(SQLiteInboundMixin):
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
-        if sqlite3.sqlite_version_info < _MIN_SQLITE:  # RETURNING, and JSON built in
-            raise RuntimeError(
-                f"the embedded store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or newer;"
-                f" this Python uses {sqlite3.sqlite_version}. Run a newer Python build, or"
-                " use PostgreSQL with --store postgresql://...")
+        problem = sqlite_problem()
+        if problem:
+            raise RuntimeError(problem)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._lock is not None:
             self._lock.acquire()  # raises StoreInUse, naming the engine that holds it
