@@ -87,8 +87,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         inbound = load_inbound_config(args.dir, own_applications_of(config))
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        for issue in exc.problems:
+            print(issue, file=sys.stderr)
         bad += len(exc.problems)
         inbound = None
     if bad:
