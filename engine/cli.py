@@ -49,6 +49,20 @@ def run_fast(coro: Any) -> Any:
         return runner.run(coro)
 
 
+def _sqlite_ok() -> bool:
+    """Whether this Python's SQLite can hold the embedded store; if not, say why and what to do
+    (before anything is opened, rather than a traceback from inside the store)."""
+    from engine.store.sqlite_version import sqlite_problem
+
+    try:
+        problem = sqlite_problem()
+    except ValueError as exc:  # CALHL7_MIN_SQLITE is not a version
+        problem = f"CALHL7_MIN_SQLITE: {exc}"
+    if problem:
+        print(f"calhl7: {problem}", file=sys.stderr)
+    return problem is None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from engine import logs
     from engine.app import Engine, EngineSettings, secrets_from_env
@@ -60,16 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
               "your Cal.com webhook), or pass --insecure-dev to accept unsigned webhooks "
               "on a development machine.", file=sys.stderr)
         return 2
-    if not args.store:
-        from engine.store.sqlite_version import sqlite_problem
-
-        try:
-            problem = sqlite_problem()
-        except ValueError as exc:  # CALHL7_MIN_SQLITE is not a version
-            problem = f"CALHL7_MIN_SQLITE: {exc}"
-        if problem:
-            print(f"calhl7: {problem}", file=sys.stderr)
-            return 2
+    if not args.store and not _sqlite_ok():
+        return 2
     http_host, http_port = args.http
     metrics = args.metrics
     settings = EngineSettings(
@@ -106,6 +112,8 @@ def _demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
     from engine.store.lock import StoreInUse
 
+    if not _sqlite_ok():  # the demo runs on the embedded store
+        return 2
     logs.configure("error")  # the demo prints its own story; its deliberate forgery is no alarm
     try:
         return run_demo(args)

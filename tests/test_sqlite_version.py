@@ -52,16 +52,23 @@ def test_this_python_passes_and_the_floor_can_only_be_raised(
     assert sqlite3.sqlite_version in problem and "--store postgresql://" in problem
 
 
-def _serve(tmp_path: Path, floor: str) -> subprocess.CompletedProcess[str]:
+VERBS = {
+    "serve": ["serve", "--insecure-dev", "--http", "127.0.0.1:0", "--channels",
+              str(REPO / "channels")],
+    "demo": ["demo", "--quiet"],
+}
+
+
+def _run(tmp_path: Path, floor: str, verb: str = "serve") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALHL7_MIN_SQLITE": floor, "CALHL7_LOG_LEVEL": "warning"}
     return subprocess.run(
-        [sys.executable, "-m", "engine", "serve", "--insecure-dev", "--http", "127.0.0.1:0",
-         "--data", str(tmp_path / "var"), "--channels", str(REPO / "channels")],
+        [sys.executable, "-m", "engine", *VERBS[verb], "--data", str(tmp_path / "var")],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
 
-def test_serve_refuses_below_the_floor_before_opening_anything(tmp_path: Path) -> None:
-    result = _serve(tmp_path, "999.0")
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_refuses_below_the_floor_before_opening_anything(tmp_path: Path, verb: str) -> None:
+    result = _run(tmp_path, "999.0", verb)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "the embedded store needs SQLite 999.0.0 or newer" in result.stderr
     assert f"this Python uses SQLite {sqlite3.sqlite_version}" in result.stderr
@@ -70,6 +77,6 @@ def test_serve_refuses_below_the_floor_before_opening_anything(tmp_path: Path) -
 
 
 def test_serve_names_a_floor_that_is_not_a_version(tmp_path: Path) -> None:
-    result = _serve(tmp_path, "newest")
+    result = _run(tmp_path, "newest")
     assert result.returncode == 2
     assert "CALHL7_MIN_SQLITE" in result.stderr and "not a SQLite version" in result.stderr

@@ -1,10 +1,11 @@
 """Which SQLite library the embedded store can run on, checked before anything is opened.
 
-The store's SQL needs `RETURNING` (SQLite 3.35.0), `UPDATE ... FROM` (3.33.0), upserts
-(3.24.0) and the JSON functions (`json_each`, `json_group_array`): built in from 3.38.0, a
-compile-time option before that which most builds of 3.35-3.37 include, so they are probed
-rather than inferred from the version. Python uses the SQLite it was built with, which some
-enterprise distributions keep old.
+The store's SQL needs `RETURNING` (SQLite 3.35.0; 3.34 answers it with a syntax error),
+`UPDATE ... FROM` (3.33.0), upserts (3.24.0) and the JSON functions (`json_each`,
+`json_group_array`): built in from 3.38.0, a compile-time option before that which most builds
+of 3.35-3.37 include, so they are probed rather than inferred from the version. Python uses
+the SQLite it was built with (or the system's libsqlite3), which some enterprise distributions
+keep old.
 """
 
 from __future__ import annotations
