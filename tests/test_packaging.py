@@ -3,6 +3,7 @@ channels as package data read from the one copy at the top of the repository."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -69,3 +70,17 @@ def test_example_channels_copy_out_and_load(tmp_path: Path) -> None:
     config = load_config(tmp_path / "channels")
     assert {c.name for c in config.channels} == {
         "family-medicine", "main-street-front-desk", "physiotherapy"}
+
+
+def test_the_lock_pins_every_runtime_dependency() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[\s\[<>=!~;]", d, maxsplit=1)[0] for d in project["dependencies"]]
+    wanted = {name.lower().replace("_", "-") for name in names}
+    assert {"uvicorn", "hl7apy", "jinja2"} <= wanted
+    lock = (REPO / "requirements.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==[^\s;]+(?: ;[^\n]*)? \\\n    --hash=sha256:",
+                      lock, flags=re.M)
+    # every requirement is pinned and hashed, so `pip wheel --require-hashes` accepts the file
+    assert len(pins) == len(re.findall(r"^[A-Za-z0-9]", lock, flags=re.M)) > 10
+    pinned = {name.lower().replace("_", "-") for name in pins}
+    assert wanted <= pinned, f"not in requirements.lock (run ./dev lock): {wanted - pinned}"
