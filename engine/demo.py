@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from engine.app import Engine, EngineSettings
-from engine.sim.bookings import StoryTeller, compact, sign
+from engine.sim.bookings import Story, StoryTeller, compact, sign
 from engine.sim.ehr import SimPolicy, run_sim, stop_sim
 from engine.site_init import copy_data, example_channels
 
@@ -31,6 +31,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _save_first_booking(stories: list[Story], uid: str | None, path: Path) -> Path | None:
+    """Write the webhook that opened appointment `uid` (pretty-printed) for `calhl7 render`."""
+    for story in stories:
+        if story.appointment_uid == uid and story.webhooks:
+            body = json.dumps(story.webhooks[0], indent=2, ensure_ascii=False)
+            path.write_text(body + "\n", "utf-8")
+            return path
+    return None
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -104,8 +114,12 @@ async def _demo(data: Path, quiet: bool = False) -> int:
     for sim in sims:
         await stop_sim(sim)
 
+    first_s12: str | None = None
     for title, log in (("main EHR (v2.5.1)", main_log), ("legacy front desk (v2.3)", legacy_log)):
         lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        s12s = [str(r["sch1"]).split("^")[0] for r in lines
+                if str(r.get("type", "")).startswith("SIU^S12") and r.get("sch1")]
+        first_s12 = first_s12 or (s12s[0] if s12s else None)
         say(f"\n{title}: received {len(lines)} messages")
         say(f"  {'MSH-10':<22}{'type':<17}{'SCH-1 (appointment)':<32}ACK")
         for rec in lines:
@@ -118,8 +132,9 @@ async def _demo(data: Path, quiet: bool = False) -> int:
         f"  ./dev queue {d} --lanes        # depth and oldest age per destination and lane\n"
         f"  ./dev dead-letters {d}         # what needs an analyst\n"
         f"  ./dev message 1 {d}            # one SIU, each attempt, each ACK\n"
-        f"  ./dev audit {d}                # who booked, moved or cancelled what, what we sent\n"
-        f"  ./dev render --channel {channels / 'family-medicine.yaml'} "
-        f"../shared/calcom/webhooks/booking_created.json")
+        f"  ./dev audit {d}                # who booked, moved or cancelled what, what we sent")
+    booking = _save_first_booking(stories, first_s12, data / "first_booking.json")
+    if booking is not None:  # a body the demo posted, so the preview works wherever it ran
+        say(f"  ./dev render --channel {channels / 'family-medicine.yaml'} {booking}")
     drained = counts.get("events_pending", 0) == 0 and counts.get("messages_queued", 0) == 0
     return 0 if drained else 1

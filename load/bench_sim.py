@@ -26,16 +26,15 @@ from engine.hl7.ack import parse_ack  # noqa: E402
 from engine.mllp.client import open_connection  # noqa: E402
 from engine.connection import ConnectionSettings  # noqa: E402
 
-SAMPLE = ROOT.parent / "shared" / "hl7" / "examples" / "siu_s12_v251.hl7"
-FALLBACK = (
-    "MSH|^~\\&|CALCOM_HL7|ACME_CLINIC|LEGACY_EHR|ACME_CLINIC|20250314093015-0500||SIU^S12^SIU_S12|"
-    "S12-20250314-000001|P|2.5.1\rSCH|bench^CALCOM|bench^CALCOM||||BOOKING_CREATED|FOLLOWUP|Normal|30|min\r"
-)
+SAMPLE = ROOT / "tests" / "fixtures" / "hl7" / "siu_s12_v251.hl7"
+SAMPLE_ID = b"S12-20261005-000017"  # its MSH-10
 
 
 def messages(n: int) -> list[bytes]:
-    text = SAMPLE.read_text("utf-8") if SAMPLE.exists() else FALLBACK
-    return [text.replace("S12-20250314-000001", f"B{i:012d}", 1).encode() for i in range(n)]
+    text = SAMPLE.read_bytes()  # bytes: the segments end in CR
+    if SAMPLE_ID not in text:
+        raise SystemExit(f"{SAMPLE}: MSH-10 is no longer {SAMPLE_ID.decode()}; update SAMPLE_ID")
+    return [text.replace(SAMPLE_ID, f"B{i:012d}".encode(), 1) for i in range(n)]
 
 
 async def run_once(port: int, batch: list[bytes], check: bool) -> float:

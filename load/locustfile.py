@@ -6,7 +6,7 @@ headless, checks exactly-once delivery and writes the reports. By hand, against 
 
     .venv/bin/locust -f load/locustfile.py --headless --host http://127.0.0.1:8080 \
         --scenario clinic-day --peak-users 50 --rate 250 --duration 60s \
-        --ledger /tmp/ledger.jsonl --stop-timeout 15
+        --ledger ledger.jsonl --stop-timeout 15
 
 Users:
   WebhookUser        one story at a time from StoryTeller (new, requested then confirmed or

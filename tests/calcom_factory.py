@@ -1,6 +1,6 @@
 """Synthetic Cal.com webhook bodies for tests and load tools.
 
-Shapes follow the fixtures in shared/calcom (webhook version 2021-10-20). Every person here is
+Shapes follow the fixtures in tests/fixtures/calcom (webhook version 2021-10-20). Every person here is
 made up. Typical use:
 
     body = compact(envelope("BOOKING_CREATED", booking_payload(uid="u1", start="2026-05-04T14:00:00Z")))
@@ -10,16 +10,11 @@ made up. Typical use:
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-# The shared fixtures (hand-built, synthetic), beside the repository like tests/conftest.py's
-# SHARED. Override with CALHL7_CALCOM_SAMPLES.
-SAMPLES_DIR = Path(
-    os.environ.get("CALHL7_CALCOM_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "calcom")
-)
+SAMPLES_DIR = Path(__file__).resolve().parent / "fixtures" / "calcom"  # hand-built, synthetic
 
 ORGANIZER: dict[str, Any] = {
     "id": 9001,
@@ -227,7 +222,7 @@ def compact(obj: Any) -> bytes:
 
 
 def load_sample(name: str, folder: str = "webhooks") -> dict[str, Any]:
-    """A shared fixture by name, e.g. `load_sample("booking_created")`."""
+    """A fixture of tests/fixtures/calcom by name, e.g. `load_sample("booking_created")`."""
     path = SAMPLES_DIR / folder / f"{name}.json"
     with path.open(encoding="utf-8") as fh:
         data: dict[str, Any] = json.load(fh)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+FIXTURES = REPO / "tests" / "fixtures"  # synthetic Cal.com bodies and HL7 examples (README there)
 PG_URL = os.environ.get("CALHL7_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 STORE_KINDS = ["sqlite", "postgres"]  # every store and pipeline test runs on both
 

@@ -1,6 +1,6 @@
 """A fake Cal.com: a real HTTP server (ASGI on uvicorn, a free port) behaving like API v2.
 
-What it does like the documented API (shared/calcom/FACTS.md section 4):
+What it does like the documented API v2:
 - `Authorization: Bearer <key>` required (401 otherwise); `cal-api-version` checked per family
   (2024-08-13 for /v2/bookings*, 2024-06-14 for /v2/event-types*; 400 here when wrong, where the
   real one would silently answer from an older controller);
@@ -13,7 +13,7 @@ What it does like the documented API (shared/calcom/FACTS.md section 4):
 - error envelope `{status: "error", error: {code, message}}`;
 - records every request; can fail the next N requests with a given status;
 - sends the webhooks a real Cal.com sends for each change (signed, compact JSON, the shapes of
-  shared/calcom/webhooks) to `webhook_url`, unless `drop_webhooks` is set.
+  tests/fixtures/calcom/webhooks) to `webhook_url`, unless `drop_webhooks` is set.
 """
 
 from __future__ import annotations
@@ -554,7 +554,7 @@ def _err(code: str, message: str) -> dict[str, Any]:
 
 
 def standard_fake(**kw: Any) -> FakeCalcom:
-    """The clinic of shared/calcom: Dr Grace Testdoctor (4211) with the three patient event
+    """The clinic of the example channels and tests/fixtures: Dr Grace Testdoctor (4211) with the three patient event
     types, plus her dedicated 'EHR block' event type 990001 (30 min)."""
     fake = FakeCalcom(**kw)
     fake.add_user(4211, "Dr. Grace Testdoctor", "grace.testdoctor@clinic.example", "grace-testdoctor")

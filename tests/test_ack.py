@@ -1,4 +1,4 @@
-"""engine.hl7.ack: parse the shared ACK examples, survive garbage, build -> parse round trips."""
+"""engine.hl7.ack: parse the ACK fixtures, survive garbage, build -> parse round trips."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from engine.hl7.ack import AckInfo, build_ack, parse_ack, read_msh10
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-EXAMPLES = SHARED / "hl7" / "examples"
-NOW = datetime(2025, 3, 14, 9, 30, 16, tzinfo=timezone(timedelta(hours=-5)))
+EXAMPLES = FIXTURES / "hl7"
+NOW = datetime(2026, 10, 5, 9, 21, 11, tzinfo=timezone(timedelta(hours=-4)))
 
 
 def example(name: str) -> bytes:
-    path = EXAMPLES / name
-    if not path.exists():
-        pytest.skip(f"shared example {name} not present")
-    return path.read_bytes()
+    return (EXAMPLES / name).read_bytes()
 
 
 def segs(ack: str) -> dict[str, list[str]]:
@@ -28,30 +25,32 @@ def segs(ack: str) -> dict[str, list[str]]:
 # ------------------------------------------------------------------ parse
 
 
-def test_parse_shared_aa() -> None:
+def test_parse_aa_fixture() -> None:
     info = parse_ack(example("ack_aa_v251.hl7"))
     assert info == AckInfo(
-        code="AA", control_id="S12-20250314-000001", message_type="ACK^S12^ACK",
-        ack_control_id="EHR-ACK-0000001", version="2.5.1",
+        code="AA", control_id="S12-20261005-000017", message_type="ACK^S12^ACK",
+        ack_control_id="MEHR-ACK-00081123", version="2.5.1",
     )
     assert info.ok
 
 
-def test_parse_shared_ae() -> None:
+def test_parse_ae_fixture() -> None:
     info = parse_ack(example("ack_ae_v251.hl7"))
-    assert info.code == "AE" and info.control_id == "S12-20250314-000001"
-    assert info.text == "Unknown personnel resource"
+    assert info.code == "AE" and info.control_id == "S12-20261005-000017"
+    assert info.text == "Unknown location resource"
     assert info.error_codes == ("204",)
     assert info.error_text == (
-        "Appointment not filed: provider not found; Provider ID 1234567893 has no EHR mapping"
+        "Appointment not filed: location not found; "
+        "Location FAMMED/EXAM1 is not set up at facility MAIN_ST"
     )
     assert info.parse_error is None
 
 
-def test_parse_shared_ar() -> None:
+def test_parse_ar_fixture() -> None:
     info = parse_ack(example("ack_ar_v251.hl7"))
-    assert (info.code, info.control_id, info.error_codes) == ("AR", "S26-20250324-000005", ("201",))
-    assert info.error_text == "Trigger event S26 is not configured on this inbound interface"
+    assert (info.code, info.control_id, info.error_codes) == ("AR", "S14-20261022-000031", ("201",))
+    assert info.message_type == "ACK^S14^ACK"
+    assert info.error_text == "This interface takes S12, S13 and S15 only"
 
 
 @pytest.mark.parametrize(
@@ -121,25 +120,25 @@ def test_read_msh10(frame: bytes, expected: str | None) -> None:
     assert read_msh10(frame) == expected
 
 
-def test_read_msh10_on_shared_example() -> None:
-    assert read_msh10(example("siu_s12_v251.hl7")) == "S12-20250314-000001"
+def test_read_msh10_on_the_s12_fixture() -> None:
+    assert read_msh10(example("siu_s12_v251.hl7")) == "S12-20261005-000017"
 
 
 # ------------------------------------------------------------------ build
 
 
-def test_build_aa_for_shared_s12() -> None:
+def test_build_aa_for_the_s12_fixture() -> None:
     ack = build_ack(example("siu_s12_v251.hl7"), "AA", now=NOW, control_id="ACK-1")
     s = segs(ack)
     assert s["MSH"][:12] == [
-        "MSH", "^~\\&", "LEGACY_EHR", "ACME_CLINIC", "CALCOM_HL7", "ACME_CLINIC",
-        "20250314093016-0500", "", "ACK^S12^ACK", "ACK-1", "P", "2.5.1",
+        "MSH", "^~\\&", "MAIN_EHR", "ACME_CLINIC", "CALCOM_HL7", "ACME_CLINIC",
+        "20261005092111-0400", "", "ACK^S12^ACK", "ACK-1", "P", "2.5.1",
     ]
-    assert s["MSA"] == ["MSA", "AA", "S12-20250314-000001"]
+    assert s["MSA"] == ["MSA", "AA", "S12-20261005-000017"]
     assert "ERR" not in s
     info = parse_ack(ack)
     assert (info.code, info.control_id, info.error_codes, info.parse_error) == (
-        "AA", "S12-20250314-000001", (), None,
+        "AA", "S12-20261005-000017", (), None,
     )
 
 
@@ -160,7 +159,7 @@ def test_build_error_round_trip_with_err_segment(code: str) -> None:
     assert s["ERR"][1:5] == ["", "AIP^1^3", "204^Unknown key identifier^HL70357", "E"]
     assert s["ERR"][8] == "Provider not mapped"
     info = parse_ack(ack)
-    assert (info.code, info.control_id, info.error_codes) == (code, "S12-20250314-000001", ("204",))
+    assert (info.code, info.control_id, info.error_codes) == (code, "S12-20261005-000017", ("204",))
     assert info.error_text == "Provider not mapped"
 
 

@@ -15,14 +15,16 @@ JSON = "application/json"
 @pytest.mark.parametrize(
     ("sample", "disposition", "uid"),
     [
-        ("booking_created", "accept", "abHAVhYH1N5x7DhEZEAXYQ"),
-        ("booking_requested", "accept", "wtMCzjaeFNe1MCTBj8b4TF"),
-        ("booking_rescheduled", "accept", "6dCMMeBGWbcivYYNjCcnDs"),
-        ("booking_cancelled", "accept", "6dCMMeBGWbcivYYNjCcnDs"),
-        ("booking_rejected", "accept", "wtMCzjaeFNe1MCTBj8b4TF"),
-        ("booking_no_show_updated", "accept", "Kthre5uNTBSRzdiQA6XUxs"),
-        ("meeting_ended", "ignore", "Kthre5uNTBSRzdiQA6XUxs"),
-        ("meeting_ended.tasker_envelope", "ignore", "Kthre5uNTBSRzdiQA6XUxs"),
+        ("booking_created", "accept", "EcVcNhWTKwptsHL3bfEcnZ"),
+        ("booking_requested", "accept", "LuGMkMC9TqsXYetaWTnMHr"),
+        ("booking_rescheduled", "accept", "C8QPRP51WnF6WbzAtJoT7L"),
+        ("booking_cancelled", "accept", "C8QPRP51WnF6WbzAtJoT7L"),
+        ("booking_rejected", "accept", "LuGMkMC9TqsXYetaWTnMHr"),
+        ("booking_no_show_updated", "accept", "XhqyqtppcWicWf7YUoCx97"),
+        ("meeting_started", "ignore", "XhqyqtppcWicWf7YUoCx97"),
+        ("meeting_ended", "ignore", "XhqyqtppcWicWf7YUoCx97"),
+        ("meeting_ended.tasker_envelope", "ignore", "XhqyqtppcWicWf7YUoCx97"),
+        ("ping", "ignore", None),
     ],
 )
 def test_samples(sample: str, disposition: str, uid: str) -> None:

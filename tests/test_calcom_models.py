@@ -1,4 +1,4 @@
-"""Every shared Cal.com sample parses into its model; timestamps become aware datetimes."""
+"""Every Cal.com fixture parses into its model; timestamps become aware datetimes."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from engine.calcom.models import (
 )
 from tests.calcom_factory import booking_payload, load_sample
 
+# The fixtures' story (tests/fixtures/README.md): A moved to B, C requested then declined, E.
+A, B, C, E = "EcVcNhWTKwptsHL3bfEcnZ", "C8QPRP51WnF6WbzAtJoT7L", "LuGMkMC9TqsXYetaWTnMHr", "XhqyqtppcWicWf7YUoCx97"
 BOOKING_SAMPLES = [
-    ("booking_created", "abHAVhYH1N5x7DhEZEAXYQ", datetime(2026, 3, 10, 18, 0, tzinfo=UTC)),
-    ("booking_requested", "wtMCzjaeFNe1MCTBj8b4TF", datetime(2026, 4, 2, 14, 0, tzinfo=UTC)),
-    ("booking_rescheduled", "6dCMMeBGWbcivYYNjCcnDs", datetime(2026, 3, 12, 13, 30, tzinfo=UTC)),
-    ("booking_cancelled", "6dCMMeBGWbcivYYNjCcnDs", datetime(2026, 3, 12, 13, 30, tzinfo=UTC)),  # +00:00
-    ("booking_rejected", "wtMCzjaeFNe1MCTBj8b4TF", datetime(2026, 4, 2, 14, 0, tzinfo=UTC)),  # .000Z
+    ("booking_created", A, datetime(2026, 10, 29, 14, 15, tzinfo=UTC)),
+    ("booking_requested", C, datetime(2026, 11, 17, 16, 40, tzinfo=UTC)),
+    ("booking_rescheduled", B, datetime(2026, 11, 3, 14, 0, tzinfo=UTC)),
+    ("booking_cancelled", B, datetime(2026, 11, 3, 14, 0, tzinfo=UTC)),  # +00:00
+    ("booking_rejected", C, datetime(2026, 11, 17, 16, 40, tzinfo=UTC)),  # .000Z
 ]
 
 
@@ -44,11 +46,12 @@ def test_booking_samples_parse(name: str, uid: str, start: datetime) -> None:
 
 def test_rescheduled_sample_links_the_old_booking() -> None:
     p = BookingWebhook.model_validate(load_sample("booking_rescheduled")).payload
-    assert p.rescheduleUid == "abHAVhYH1N5x7DhEZEAXYQ"
-    assert p.rescheduleId == 5120401
-    assert p.rescheduleStartTime == datetime(2026, 3, 10, 18, 0, tzinfo=UTC)
-    assert p.iCalUID == "abHAVhYH1N5x7DhEZEAXYQ@Cal.com" and p.iCalSequence == 1
-    assert p.responses["name"].value == {"firstName": "Ada", "lastName": "Testpatient"}
+    assert p.rescheduleUid == A
+    assert p.rescheduleId == 6310412
+    assert p.rescheduleStartTime == datetime(2026, 10, 29, 14, 15, tzinfo=UTC)
+    assert p.iCalUID == f"{A}@Cal.com" and p.iCalSequence == 1
+    assert p.organizer.utcOffset == -300  # at the new time, after the clocks went back
+    assert p.responses["name"].value == {"firstName": "Lena", "lastName": "Probewell"}
     assert p.userFieldsResponses["mrn"].value is None  # unanswered: label only
 
 
@@ -62,35 +65,37 @@ def test_cancelled_and_rejected_extras() -> None:
 
 def test_no_show_sample() -> None:
     hook = NoShowWebhook.model_validate(load_sample("booking_no_show_updated"))
-    assert hook.payload.bookingUid == "Kthre5uNTBSRzdiQA6XUxs"
+    assert hook.payload.bookingUid == E
     assert [a.noShow for a in hook.payload.attendees] == [True]
 
 
-def test_flat_meeting_ended_sample() -> None:
-    hook = MeetingRowWebhook.model_validate(load_sample("meeting_ended"))
-    assert hook.triggerEvent == "MEETING_ENDED"
-    assert hook.uid == "Kthre5uNTBSRzdiQA6XUxs"
-    assert hook.startTime == datetime(2026, 4, 16, 14, 0, tzinfo=UTC)
+@pytest.mark.parametrize(("name", "trigger"), [("meeting_started", "MEETING_STARTED"),
+                                               ("meeting_ended", "MEETING_ENDED")])
+def test_flat_meeting_samples(name: str, trigger: str) -> None:
+    hook = MeetingRowWebhook.model_validate(load_sample(name))
+    assert hook.triggerEvent == trigger
+    assert hook.uid == E
+    assert hook.startTime == datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
     assert hook.updatedAt is None
     assert hook.user is not None and hook.user.timeZone == "America/New_York"
     assert hook.attendees[0].noShow is False
-    assert hook.responses["dateOfBirth"] == "1984-07-12"  # raw answers, no labels
+    assert hook.responses["dateOfBirth"] == "1991-09-27"  # raw answers, no labels
 
 
 def test_tasker_meeting_ended_sample() -> None:
     hook = TaskerMeetingWebhook.model_validate(load_sample("meeting_ended.tasker_envelope"))
-    assert hook.payload.evt.uid == "Kthre5uNTBSRzdiQA6XUxs"
+    assert hook.payload.evt.uid == E
     assert hook.payload.evt.videoCallData is not None
     assert hook.payload.evt.videoCallData.url and hook.payload.evt.videoCallData.url.startswith("https://")
-    assert hook.payload.responses["mrn"] == "TST-004217"
+    assert hook.payload.responses["mrn"] == "SYN-031907"
 
 
 def test_api_v2_get() -> None:
     resp = ApiBookingResponse.model_validate(load_sample("booking_get", "api-v2"))
     b = resp.data
     assert resp.status == "success"
-    assert b.uid == "Kthre5uNTBSRzdiQA6XUxs" and b.status == "accepted"
-    assert b.start == datetime(2026, 4, 16, 14, 0, tzinfo=UTC)
+    assert b.uid == E and b.status == "accepted"
+    assert b.start == datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
     assert b.attendees[0].absent is True and b.attendees[0].language == "en"
     assert b.eventType is not None and b.eventType.slug == "telehealth-visit"
     assert b.bookingFieldsResponses["patientType"] == "returning"
@@ -100,8 +105,8 @@ def test_api_v2_list_with_pagination_and_chain_links() -> None:
     resp = ApiBookingListResponse.model_validate(load_sample("bookings_list", "api-v2"))
     assert [b.status for b in resp.data] == ["cancelled", "cancelled", "rejected", "accepted"]
     by_uid = {b.uid: b for b in resp.data}
-    assert by_uid["abHAVhYH1N5x7DhEZEAXYQ"].rescheduledToUid == "6dCMMeBGWbcivYYNjCcnDs"
-    assert by_uid["6dCMMeBGWbcivYYNjCcnDs"].rescheduledFromUid == "abHAVhYH1N5x7DhEZEAXYQ"
+    assert by_uid[A].rescheduledToUid == B
+    assert by_uid[B].rescheduledFromUid == A
     assert resp.pagination.totalItems == 4 and resp.pagination.hasNextPage is False
 
 

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 
 from engine.channels.config import ConfigError, config_fingerprint, json_schema, load_config
-from tests.conftest import REPO
+from tests.conftest import FIXTURES, REPO
 
 
 GOOD_DEST = """\
@@ -214,21 +214,32 @@ def test_cli_schema(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_render_preview(capsys: pytest.CaptureFixture[str]) -> None:
-    hooks = REPO.parent / "shared" / "calcom" / "webhooks"
-    if not (hooks / "booking_created.json").exists():
-        pytest.skip("shared Cal.com samples not present")
+    hooks = FIXTURES / "calcom" / "webhooks"
     channel = str(REPO / "channels" / "family-medicine.yaml")
     assert run_cli("render", "--channel", channel, str(hooks / "booking_created.json"),
-                   "--now", "2026-02-20T15:42:17+00:00") == 0
+                   "--now", "2026-10-05T13:21:09+00:00") == 0
     out = capsys.readouterr().out
-    assert "\nMSH|^~\\&|CALCOM_HL7|ACME_CLINIC|MAIN_EHR|ACME_CLINIC|20260220104217-0500||SIU^S12^SIU_S12|" in out
-    assert "\nSCH|abHAVhYH1N5x7DhEZEAXYQ^CALCOM|" in out
+    assert ("\nMSH|^~\\&|CALCOM_HL7|ACME_CLINIC|MAIN_EHR|ACME_CLINIC|20261005092109-0400||"
+            "SIU^S12^SIU_S12|") in out
+    assert "\nSCH|EcVcNhWTKwptsHL3bfEcnZ^CALCOM|" in out
     assert run_cli("render", "--channel", channel, "--previous", str(hooks / "booking_created.json"),
                    str(hooks / "booking_rescheduled.json"), "--fields") == 0
     out = capsys.readouterr().out
     assert "SIU^S13^SIU_S12" in out
-    assert "\nSCH-1.1 " in out and "= abHAVhYH1N5x7DhEZEAXYQ\n" in out  # the first booking's uid kept
+    assert "\nSCH-1.1 " in out and "= EcVcNhWTKwptsHL3bfEcnZ\n" in out  # the first uid kept
     assert "\nAIS-3.1 " in out and "= NPV45\n" in out
+    assert "\nTQ1-7 " in out and "= 20261103090000-0500\n" in out  # after the clocks went back
+
+
+def test_the_readme_render_example_works(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.hl7.validate import validate_strict
+
+    for channel in ("family-medicine.yaml", "main-street-front-desk.yaml"):
+        assert run_cli("render", "--channel", str(REPO / "channels" / channel),
+                       str(REPO / "examples" / "booking_created.json")) == 0
+        out = capsys.readouterr().out
+        er7 = "".join(line + "\r" for line in out.splitlines() if line[3:4] == "|")
+        assert er7.startswith("MSH|") and validate_strict(er7) == [], out
 
 
 def test_an_inbound_channel_with_a_charset_that_changes_ascii_bytes_is_refused(

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from engine.sim.bookings import StoryTeller, compact, sign
-from tests.conftest import SHARED
+from tests.calcom_factory import load_sample
 from tests.engine_harness import SECRET, running_engine
 
 
 def sample(name: str) -> bytes:
-    return compact(json.loads((SHARED / "calcom" / "webhooks" / f"{name}.json").read_text()))
+    return compact(load_sample(name))
 
 
 async def test_signed_sample_is_accepted_and_processed(tmp_path: Path, store_url: str | None) -> None:

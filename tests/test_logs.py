@@ -3,6 +3,7 @@ keys, a correlation id that follows a booking from the webhook to the ACK, and n
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import io
@@ -11,11 +12,12 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 from engine import logs
+from engine.channels.cli import register
 from engine.demo import _demo
 from engine.sim.bookings import StoryTeller, compact
 from engine.sim.ehr import SimPolicy, simulator_of
@@ -140,6 +142,15 @@ async def test_demo_logs_at_debug_are_json_and_phi_free(tmp_path: Path) -> None:
                      ("calhl7.processing", "message queued"),
                      ("calhl7.delivery", "message delivered")]:
         assert expected in events, expected
+    # the body the demo's last line offers to preview: written, and it renders an S12
+    booking = tmp_path / "demo" / "first_booking.json"
+    parser = argparse.ArgumentParser(prog="calhl7")
+    register(parser.add_subparsers(required=True))
+    channel = tmp_path / "demo" / "channels" / "family-medicine.yaml"  # the demo's own copy
+    args = parser.parse_args(["render", "--channel", str(channel), str(booking)])
+    with redirect_stdout(io.StringIO()) as out:
+        assert args.func(args) == 0
+    assert "SIU^S12^SIU_S12" in out.getvalue()
 
 
 async def test_failures_are_logged_without_phi_and_a_booking_can_be_followed(

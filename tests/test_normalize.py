@@ -26,8 +26,8 @@ from tests.calcom_factory import (
 
 RECEIVED = datetime(2026, 4, 1, 12, 0, 5, tzinfo=UTC)
 A, B, C, D = "synthA000000000000001", "synthB000000000000002", "synthC000000000000003", "synthD000000000000004"
-# Sample uids (shared/calcom README): A -> B reschedule, C requested/rejected, E no-show.
-SA, SB, SC, SE = "abHAVhYH1N5x7DhEZEAXYQ", "6dCMMeBGWbcivYYNjCcnDs", "wtMCzjaeFNe1MCTBj8b4TF", "Kthre5uNTBSRzdiQA6XUxs"
+# Fixture uids (tests/fixtures/README.md): A -> B reschedule, C requested/rejected, E no-show.
+SA, SB, SC, SE = "EcVcNhWTKwptsHL3bfEcnZ", "C8QPRP51WnF6WbzAtJoT7L", "LuGMkMC9TqsXYetaWTnMHr", "XhqyqtppcWicWf7YUoCx97"
 
 
 @dataclass
@@ -94,8 +94,10 @@ def event_of(result: Normalization) -> AppointmentEvent:
         ("booking_cancelled", "event", EventKind.CANCEL, SB, "CANCELLED"),  # cancel overtook
         ("booking_rejected", "event", EventKind.CANCEL, SC, "REJECTED"),
         ("booking_no_show_updated", "quarantined", None, None, None),  # nothing to complete it
+        ("meeting_started", "ignored", None, None, None),
         ("meeting_ended", "ignored", None, None, None),
         ("meeting_ended.tasker_envelope", "ignored", None, None, None),
+        ("ping", "ignored", None, None, None),
     ],
 )
 def test_each_sample_alone(
@@ -110,7 +112,7 @@ def test_each_sample_alone(
     assert (event.kind, event.appointment_id, event.status) == (kind, appointment_id, status)
     assert event.timezone == "America/New_York"
     assert event.start.tzinfo is not None and event.end > event.start
-    assert event.patient.last_name == "Testpatient" and event.patient.dob == date(1984, 7, 12)
+    assert event.patient.last_name == "Probewell" and event.patient.dob == date(1991, 9, 27)
     assert event.provider.calcom_user_id == 4211
     assert "reasonForVisit" not in event.answers and "notes" not in event.answers
     assert result.uid_links[event.booking_uid] == appointment_id
@@ -119,24 +121,24 @@ def test_each_sample_alone(
 def test_created_sample_in_detail() -> None:
     event = event_of(Held().feed(load_sample("booking_created")))
     assert event.trigger == "BOOKING_CREATED" and event.source == "test"
-    assert event.occurred_at == datetime(2026, 2, 20, 15, 42, 17, 318000, tzinfo=UTC)
-    assert event.start == datetime(2026, 3, 10, 18, 0, tzinfo=UTC)
+    assert event.occurred_at == datetime(2026, 10, 5, 13, 21, 9, 482000, tzinfo=UTC)
+    assert event.start == datetime(2026, 10, 29, 14, 15, tzinfo=UTC)
     p = event.patient
-    assert (p.first_name, p.last_name, p.full_name) == ("Ada", "Testpatient", "Ada Testpatient")
-    assert (p.email, p.phone, p.mrn, p.patient_type) == ("ada.testpatient@example.com", "+15555550123", None, "new")
+    assert (p.first_name, p.last_name, p.full_name) == ("Lena", "Probewell", "Lena Probewell")
+    assert (p.email, p.phone, p.mrn, p.patient_type) == ("lena.probewell@example.com", "+15555550168", None, "new")
     assert (p.timezone, p.locale) == ("America/New_York", "en")
     assert event.location.kind is LocationKind.IN_PERSON and event.location.address
     assert (event.event_type.id, event.event_type.slug, event.event_type.length_minutes) == (731042, "new-patient-visit", 45)
-    assert event.ical_uid == f"{SA}@Cal.com" and event.booking_id == 5120401
-    assert event.answers == {"dateOfBirth": "1984-07-12", "patientType": "new"}
+    assert event.ical_uid == f"{SA}@Cal.com" and event.booking_id == 6310412
+    assert event.answers == {"dateOfBirth": "1991-09-27", "patientType": "new"}
     assert event.actor == "attendee" and event.cancellation_reason is None
 
 
 def test_requested_sample_is_pending_telehealth_with_mrn() -> None:
     event = event_of(Held().feed(load_sample("booking_requested")))
     assert event.location.kind is LocationKind.TELEHEALTH and event.location.raw == "integrations:daily"
-    assert event.patient.mrn == "TST-004217" and event.patient.patient_type == "returning"
-    assert event.answers["mrn"] == "TST-004217"
+    assert event.patient.mrn == "SYN-031907" and event.patient.patient_type == "returning"
+    assert event.answers["mrn"] == "SYN-031907"
 
 
 # --- the sample story: A created, moved to B, B cancelled ---------------------------------

@@ -14,9 +14,9 @@ from engine.delivery.policy import (
     classify,
 )
 from engine.hl7.ack import AckInfo, parse_ack
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-SENT = "S12-20250314-000001"
+SENT = "S12-20261005-000017"  # MSH-10 of tests/fixtures/hl7/siu_s12_v251.hl7
 D, R, X, Z = Outcome.DELIVERED, Outcome.RETRY, Outcome.DEAD, Outcome.RESET
 
 
@@ -58,7 +58,7 @@ def ack(code: str | None, *errs: str, control_id: str | None = SENT, text: str |
         (ack("CR", "203"), False, X),
         # replies we cannot credit to this message: never success
         (None, False, Z),
-        (ack("AA", control_id="S12-20250314-000002"), False, Z),  # someone else's (late) ACK
+        (ack("AA", control_id="S12-20261005-000018"), False, Z),  # someone else's (late) ACK
         (ack("AA", control_id=None), False, Z),
         (ack("AA", control_id=""), False, Z),
         (ack(None), False, Z),
@@ -116,12 +116,10 @@ def test_decision_keeps_ehr_text_out_of_reason() -> None:
     assert decision.ehr_text == "Patient Ada Testpatient not found"  # for the analyst
 
 
-def test_classify_shared_examples_end_to_end() -> None:
-    ex = SHARED / "hl7" / "examples"
-    if not ex.exists():
-        pytest.skip("shared examples not present")
+def test_classify_the_ack_fixtures_end_to_end() -> None:
+    ex = FIXTURES / "hl7"
     cases = [("ack_aa_v251.hl7", SENT, D), ("ack_ae_v251.hl7", SENT, X),
-             ("ack_ar_v251.hl7", "S26-20250324-000005", X), ("ack_aa_v251.hl7", "S12-OTHER", Z)]
+             ("ack_ar_v251.hl7", "S14-20261022-000031", X), ("ack_aa_v251.hl7", "S12-OTHER", Z)]
     for name, sent, expected in cases:
         info = parse_ack((ex / name).read_bytes())
         assert classify(info, sent_control_id=sent, is_resend=False, policy=AckPolicy()).outcome is expected

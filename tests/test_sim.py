@@ -16,26 +16,20 @@ from engine.mllp.client import MLLPConnection
 from engine.connection import ConnectionSettings
 from engine.sim.cli import policy_from_args, register
 from engine.sim.ehr import FieldRule, SimPolicy, field_value, run_sim, simulator_of, stop_sim
-from tests.conftest import SHARED
+from tests.conftest import FIXTURES
 
-EXAMPLES = SHARED / "hl7" / "examples"
-FALLBACK_S12 = (
-    "MSH|^~\\&|CALCOM_HL7|ACME_CLINIC|LEGACY_EHR|ACME_CLINIC|20250314093015-0500||SIU^S12^SIU_S12|"
-    "S12-20250314-000001|P|2.5.1\rSCH|9dKq2xVbT4mLp7RsW1aZcE^CALCOM|9dKq2xVbT4mLp7RsW1aZcE^CALCOM\r"
-    "PID|1||TP0001234^^^ACME^MR||Testpatient^Ada^^^^^L\r"
-)
+S12_FIXTURE = FIXTURES / "hl7" / "siu_s12_v251.hl7"
 SETTINGS = ConnectionSettings(connect_timeout_seconds=2, response_timeout_seconds=2)
 
 
 def s12() -> bytes:
-    path = EXAMPLES / "siu_s12_v251.hl7"
-    return path.read_bytes() if path.exists() else FALLBACK_S12.encode()
+    return S12_FIXTURE.read_bytes()
 
 
-def msg(control_id: str, *, event: str = "S12", family: str = "Testpatient") -> bytes:
-    m = s12().replace(b"S12-20250314-000001", control_id.encode(), 1)
+def msg(control_id: str, *, event: str = "S12", family: str = "Probewell") -> bytes:
+    m = s12().replace(b"S12-20261005-000017", control_id.encode(), 1)
     m = m.replace(b"SIU^S12^", f"SIU^{event}^".encode(), 1)
-    return m.replace(b"Testpatient^Ada", f"{family}^Ada".encode(), 1)
+    return m.replace(b"Probewell^Lena", f"{family}^Lena".encode(), 1)
 
 
 Sim = Callable[..., Awaitable[tuple[MLLPConnection, Path]]]
@@ -76,16 +70,16 @@ async def test_default_acks_aa_and_logs_without_raw(sim: Sim) -> None:
     assert info.message_type == "ACK^S12^ACK" and info.version == "2.5.1"
     [entry] = lines(log)
     assert entry["msh10"] == "C-1" and entry["type"] == "SIU^S12^SIU_S12"
-    assert entry["sch1"] == "9dKq2xVbT4mLp7RsW1aZcE^CALCOM"
+    assert entry["sch1"] == "EcVcNhWTKwptsHL3bfEcnZ^CALCOM"
     assert entry["ack"] == "AA" and entry["repeat"] is False
     assert str(entry["peer"]).startswith("127.0.0.1:") and "T" in str(entry["time"])
-    assert "raw" not in entry and "Testpatient" not in log.read_text()
+    assert "raw" not in entry and "Probewell" not in log.read_text()
 
 
 async def test_log_raw_when_asked(sim: Sim) -> None:
     conn, log = await sim(log_raw=True)
     await send(conn, "C-1")
-    assert "Testpatient^Ada" in str(lines(log)[0]["raw"])
+    assert "Probewell^Lena" in str(lines(log)[0]["raw"])
 
 
 async def test_ae_every_nth(sim: Sim) -> None:
@@ -100,7 +94,7 @@ async def test_ae_every_nth(sim: Sim) -> None:
     ("rule", "hit", "miss"),
     [
         ("MSH-9.2=S26", {"event": "S26"}, {"event": "S12"}),
-        ("PID-5.1=Reject", {"family": "Reject"}, {"family": "Testpatient"}),
+        ("PID-5.1=Reject", {"family": "Reject"}, {"family": "Probewell"}),
     ],
 )
 async def test_ar_when_field_matches(sim: Sim, rule: str, hit: dict[str, str], miss: dict[str, str]) -> None:
@@ -183,8 +177,8 @@ async def test_counters_and_many_connections(tmp_path: Path) -> None:
     ("path", "expected"),
     [
         (("MSH", 1), "|"), (("MSH", 2), "^~\\&"), (("MSH", 9), "SIU^S12^SIU_S12"),
-        (("MSH", 9, 2), "S12"), (("MSH", 10), "S12-20250314-000001"),
-        (("PID", 5, 1), "Testpatient"), (("PID", 3, 1), "TP0001234"),  # first repetition
+        (("MSH", 9, 2), "S12"), (("MSH", 10), "S12-20261005-000017"),
+        (("PID", 5, 1), "Probewell"), (("PID", 3, 1), "SYN-031907"),  # first repetition
         (("PID", 3, 4, 1), "ACME"), (("ZZZ", 1), None), (("PID", 99), None), (("PID", 5, 40), None),
     ],
 )

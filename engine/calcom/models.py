@@ -5,7 +5,7 @@ JSON an analyst sees (`payload.startTime`). Unknown keys are kept (`extra="allow
 fields between releases and we must never refuse a body for that. Timestamps accept every
 spelling Cal.com uses (`...Z`, `...+00:00`, `....000Z`) and must carry an offset.
 
-Shapes (see shared/calcom/README.md):
+Shapes (examples of each in tests/fixtures/calcom, described in tests/fixtures/README.md):
 - `BookingWebhook`: `{triggerEvent, createdAt, payload: BookingPayload}` for BOOKING_* triggers.
 - `NoShowWebhook`: BOOKING_NO_SHOW_UPDATED, the small `{message, attendees, bookingUid}` payload.
 - `MeetingRowWebhook`: MEETING_STARTED/ENDED, flat (no envelope): trigger + booking DB row.
