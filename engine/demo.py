@@ -128,13 +128,21 @@ async def _demo(data: Path, quiet: bool = False) -> int:
                 f"{'  (repeat)' if rec.get('repeat') else ''}")
     say(f"\nstore: {json.dumps(counts)}")
     d = f"--data {data}"
+    verb = _command_name()
     say("\nlook further:\n"
-        f"  ./dev queue {d} --lanes        # depth and oldest age per destination and lane\n"
-        f"  ./dev dead-letters {d}         # what needs an analyst\n"
-        f"  ./dev message 1 {d}            # one SIU, each attempt, each ACK\n"
-        f"  ./dev audit {d}                # who booked, moved or cancelled what, what we sent")
+        f"  {verb} queue {d} --lanes        # depth and oldest age per destination and lane\n"
+        f"  {verb} dead-letters {d}         # what needs an analyst\n"
+        f"  {verb} message 1 {d}            # one SIU, each attempt, each ACK\n"
+        f"  {verb} audit {d}                # who booked, moved or cancelled what, what we sent")
     booking = _save_first_booking(stories, first_s12, data / "first_booking.json")
     if booking is not None:  # a body the demo posted, so the preview works wherever it ran
-        say(f"  ./dev render --channel {channels / 'family-medicine.yaml'} {booking}")
+        say(f"  {verb} render --channel {channels / 'family-medicine.yaml'} {booking}")
     drained = counts.get("events_pending", 0) == 0 and counts.get("messages_queued", 0) == 0
     return 0 if drained else 1
+
+
+def _command_name() -> str:
+    """`./dev` in a checkout (it sets up the venv), `calhl7` where the engine is installed."""
+    checkout = Path(__file__).resolve().parents[1]
+    return "./dev" if (checkout / "dev").is_file() and (checkout / "pyproject.toml").is_file() \
+        else "calhl7"

@@ -65,7 +65,9 @@ def test_wheelhouse_installs_offline_and_runs_outside_the_repository(tmp_path: P
     assert any(s.startswith("AIS|1|A|NPV45^New patient visit 45 min^L|") for s in segments)
 
     # the demo: the example channels and templates come out of the installed package
-    run([calhl7, "demo", "--quiet", "--data", "demo"], cwd=tmp_path, env=env, timeout=180)
+    out = run([calhl7, "demo", "--data", "demo"], cwd=tmp_path, env=env, timeout=180).stdout
+    # what it suggests next works where it ran: the installed command, not the checkout's ./dev
+    assert "  calhl7 render --channel " in out and "./dev" not in out
     assert (tmp_path / "demo" / "channels" / "family-medicine.yaml").is_file()
     log = (tmp_path / "demo" / "ehr-main.jsonl").read_text().splitlines()
     received = [json.loads(line) for line in log if line.strip()]
