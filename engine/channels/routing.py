@@ -1,7 +1,9 @@
 """Routing: which channels take an appointment event, which SIU each gets, rendered.
 
 Pure: no I/O. The caller passes what it knows about the past (`destination_has`), how to
-make control ids, and the clock, so the same inputs always give the same plan.
+make control ids, and the clock, so the same inputs always give the same plan. Routing picks
+the channels and looks the event up in each channel's maps; `engine.hl7.fields` turns the event
+and those codes into the SIU's field values.
 
 Per channel (every matching, enabled channel gets the event: fan-out):
     new            -> S12 (S14 if the destination already has it: a pending booking confirmed)
@@ -22,12 +24,11 @@ the booking concerned (the S15 names the old uid, later events the new one).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from engine.appointments.model import (
     AppointmentEvent,
@@ -39,8 +40,9 @@ from engine.appointments.model import (
     Provider,
 )
 from engine.channels.config import Channel, Config, Destination, EventTypeMap
-from engine.hl7.escape import MSH18_NAMES, apply_charset
-from engine.hl7.render import TemplateError, components, format_ts, patient_identifier, valid_dob
+from engine.hl7.escape import apply_charset
+from engine.hl7.fields import MappedCodes, MappingError, siu_context
+from engine.hl7.render import TemplateError, patient_identifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +64,6 @@ class RoutingResult:
     messages: list[OutboundMessage] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (channel, reason)
     unrouted: bool = False  # no enabled channel matched
-
-
-class MappingError(Exception):
-    """A code-map key the channel does not know; the message names the key, not the patient."""
 
 
 # --- matching ------------------------------------------------------------------------------
@@ -163,25 +161,7 @@ def plan(event: AppointmentEvent, channel: Channel, already_sent: bool) -> list[
     return f"unsupported event kind {kind}"
 
 
-# --- rendering -----------------------------------------------------------------------------
-
-_REASON_TEXT = {
-    "S12": "Booked online via Cal.com",
-    "S13": "Rescheduled via Cal.com",
-    "S14": "Booking details changed via Cal.com",
-    "S15": "Cancelled via Cal.com",
-    "S26": "Attendee marked as no-show",
-}
-_NORMAL = ("Normal", "Routine schedule request type", "HL70277")
-_TENTATIVE = ("Tentative", "Tentative schedule request type", "HL70277")
-_ACTION = {"S12": "A", "S13": "U", "S14": "U", "S15": "", "S26": ""}
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)  # ZoneInfo caches instances: cheap after the first call
-    except (ZoneInfoNotFoundError, ValueError):
-        raise MappingError(f"unknown clinic time zone {name!r}") from None
+# --- maps ------------------------------------------------------------------------------
 
 
 def _provider(event: AppointmentEvent, channel: Channel, strict: bool) -> tuple[str, ...]:
@@ -220,34 +200,20 @@ def _visit_type(event: AppointmentEvent, channel: Channel, strict: bool) -> Even
     return EventTypeMap(visit_type=(code, t.title or code, "L"))
 
 
-def _answer_date(text: str | None) -> date | None:
-    if not text:
-        return None
-    try:
-        return date.fromisoformat(text.strip())
-    except ValueError:
-        return None
+def mapped_codes(event: AppointmentEvent, channel: Channel, strict: bool = True) -> MappedCodes:
+    """The channel's codes for the event. Raises MappingError for an unmapped key when the
+    channel says so (strict); otherwise the raw Cal.com values stand in."""
+    et = _visit_type(event, channel, strict)
+    return MappedCodes(
+        visit_type=et.visit_type,
+        visit_reason=et.reason or et.visit_type,
+        resources=et.resources,
+        provider=_provider(event, channel, strict),
+        location=_location(event, channel, strict),
+    )
 
 
-_NOT_DIGIT = re.compile(r"\D")
-
-
-def _phone_parts(phone: str | None) -> dict[str, str]:
-    """XTN-5/6/7 (country, area, local): the form both v2.3 and v2.5.1 read the same way.
-
-    NANP numbers (+1 and 10 digits) are split; others keep all digits in the local number.
-    """
-    if not phone:
-        return {"phone_country": "", "phone_area": "", "phone_local": ""}
-    digits = _NOT_DIGIT.sub("", phone)
-    if len(digits) == 11 and digits[0] == "1" and phone.lstrip().startswith("+"):
-        return {"phone_country": "1", "phone_area": digits[1:4], "phone_local": digits[4:]}
-    if len(digits) == 10 and not phone.lstrip().startswith("+"):
-        return {"phone_country": "", "phone_area": digits[:3], "phone_local": digits[3:]}
-    return {"phone_country": "", "phone_area": "", "phone_local": digits}
-
-
-def build_context(
+def _context(
     event: AppointmentEvent,
     channel: Channel,
     destination: Destination,
@@ -259,74 +225,9 @@ def build_context(
     old_times: bool = False,
     strict: bool = True,
 ) -> dict[str, Any]:
-    """Template variables for one message. Raises MappingError for unmapped keys (strict)."""
-    h = channel.hl7
-    zone = _zone(event.timezone)
-    start, end = event.start, event.end
-    if old_times and event.previous_start is not None and event.previous_end is not None:
-        start, end = event.previous_start, event.previous_end
-    pending = event.status.upper() == "PENDING"
-    if trigger == "S15":
-        status = "Cancelled"
-    elif trigger == "S26":
-        status = "Noshow"
-    else:
-        status = "Pending" if pending else "Booked"
-    if trigger == "S15" and old_times:
-        reason_text = "Moved to a new booking via Cal.com"
-    elif trigger == "S15" and event.cancellation_reason:
-        reason_text = "Cancelled: " + event.cancellation_reason
-    else:
-        reason_text = _REASON_TEXT[trigger]
-
-    patient = event.patient
-    pf = channel.maps.patient_fields
-    answers = event.answers
-    dob = valid_dob(_answer_date(answers.get(pf.dob)) if pf.dob else patient.dob)
-    sex_raw = answers.get(pf.sex) if pf.sex else patient.sex
-    sex = channel.maps.sex_codes.get(sex_raw.strip().lower(), "U") if sex_raw else ""
-    ids: list[tuple[str, str, str]] = []
-    if patient.mrn:
-        ids.append((patient.mrn, h.mrn_authority, "MR"))
-    ids.append((patient_identifier(patient), h.patient_id_authority, "PI"))
-
-    et = _visit_type(event, channel, strict)
-    provider = _provider(event, channel, strict)
-    with_offset = h.times_with_offset
-    return {
-        "sending_application": h.msh.sending_application,
-        "sending_facility": h.msh.sending_facility,
-        "receiving_application": h.msh.receiving_application,
-        "receiving_facility": h.msh.receiving_facility,
-        "message_time": format_ts(now, zone, True),
-        "trigger": trigger,
-        "control_id": control_id,
-        "processing_id": h.msh.processing_id,
-        "charset": MSH18_NAMES.get(destination.codec, ""),
-        "placer_id": placer_id,
-        "filler_id": placer_id if h.fill_sch2 else None,
-        "event_reason": (event.trigger, reason_text, "L"),
-        "visit_reason": components(et.reason or et.visit_type),
-        "visit_type": components(et.visit_type),
-        "request_type": components(_TENTATIVE if pending else _NORMAL),
-        "duration": int((end - start).total_seconds() // 60),
-        "start": format_ts(start, zone, with_offset),
-        "end": format_ts(end, zone, with_offset),
-        "provider": components(provider),
-        "status": status,
-        "action": _ACTION[trigger],
-        "notes": [answers[n] for n in h.notes if answers.get(n)],
-        "patient_ids": ids,
-        "last_name": patient.last_name or (patient.full_name if not patient.first_name else ""),
-        "first_name": patient.first_name,
-        "dob": f"{dob.year:04d}{dob.month:02d}{dob.day:02d}" if dob else "",
-        "sex": sex,
-        **_phone_parts((answers.get(pf.phone) if pf.phone else None) or patient.phone),
-        "email": patient.email or "",
-        "patient_class": "O",
-        "location": components(_location(event, channel, strict)),
-        "resources": [{"id": components(r.id), "type": components(r.type)} for r in et.resources],
-    }
+    return siu_context(event, channel.hl7, channel.maps, mapped_codes(event, channel, strict),
+                       codec=destination.codec, trigger=trigger, placer_id=placer_id,
+                       control_id=control_id, now=now, old_times=old_times)
 
 
 def lane_key(event: AppointmentEvent, destination: Destination) -> str:
@@ -356,7 +257,7 @@ def render_message(
                   appointment_id=event.appointment_id, lane_key=lane_key(event, destination),
                   message_type=f"SIU^{trigger}", trigger=trigger, control_id=control_id)
     try:
-        ctx = build_context(event, channel, destination, trigger=trigger, placer_id=placer_id,
+        ctx = _context(event, channel, destination, trigger=trigger, placer_id=placer_id,
                             control_id=control_id, now=now, old_times=old_times)
         er7 = config.templates[channel.name].render(ctx)
     except (MappingError, TemplateError) as exc:  # their messages name keys, never values
@@ -411,7 +312,7 @@ def probe_message(config: Config, channel: Channel) -> str:
         event_type=EventType(id=0, slug="probe"), answers={n: "probe" for n in channel.hl7.notes},
     )
     destination = config.destinations[channel.destination]
-    ctx = build_context(event, channel, destination, trigger="S12", placer_id="probe",
+    ctx = _context(event, channel, destination, trigger="S12", placer_id="probe",
                         control_id="PROBE", now=start, strict=False)
     return config.templates[channel.name].render(ctx)
 
