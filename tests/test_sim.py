@@ -244,3 +244,130 @@ async def test_policy_can_be_swapped_while_running(tmp_path: Path) -> None:
 def test_unknown_encoding_is_refused() -> None:
     with pytest.raises(ValueError):
         SimPolicy(encoding="no-such-codec")
+
+
+# ------------------------------------------------------------------ hostile EHRs, raw socket
+
+
+async def raw_exchange(
+    port: int, payload: bytes, *, frames: int = 1, timeout: float = 3.0
+) -> list[bytes | None]:
+    """Write one frame with a plain socket; read up to `frames` reply frames (None: EOF)."""
+    from engine.mllp.framing import FrameReader, frame
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(frame(payload))
+        await writer.drain()
+        got: list[bytes | None] = []
+        frames_in = FrameReader(reader)
+        async with asyncio.timeout(timeout):
+            for _ in range(frames):
+                got.append(await frames_in.read_frame())
+        return got
+    finally:
+        writer.transport.abort()
+
+
+@pytest.fixture
+async def sim_port(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def _start(**policy: object) -> int:
+        server = await run_sim("127.0.0.1", 0, SimPolicy(**policy), tmp_path / "raw.jsonl")  # type: ignore[arg-type]
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield _start
+    for s in servers:
+        await stop_sim(s)
+
+
+async def test_duplicate_ack_sends_the_same_ack_twice(sim_port: Callable[..., Awaitable[int]]) -> None:
+    first, second = await raw_exchange(await sim_port(duplicate_ack=True), msg("D-1"), frames=2)
+    assert first == second and parse_ack(first or b"").control_id == "D-1"
+
+
+async def test_commit_then_application_ack(sim_port: Callable[..., Awaitable[int]]) -> None:
+    ca, aa = await raw_exchange(await sim_port(commit_then_app_ack=True), msg("E-1"), frames=2)
+    assert [(a.code, a.control_id) for a in map(parse_ack, (ca or b"", aa or b""))] == [
+        ("CA", "E-1"), ("AA", "E-1")]
+
+
+async def test_close_mid_ack_leaves_half_a_frame(sim_port: Callable[..., Awaitable[int]]) -> None:
+    from engine.mllp.errors import IncompleteFrame
+
+    with pytest.raises((IncompleteFrame, ConnectionResetError)):
+        await raw_exchange(await sim_port(close_mid_ack=True), msg("H-1"))
+
+
+async def test_close_match_hangs_up_on_that_message_only(
+        sim_port: Callable[..., Awaitable[int]]) -> None:
+    port = await sim_port(close_match=["MSH-9.2=S15"])
+    assert await raw_exchange(port, msg("M-1", event="S15")) == [None]
+    [reply] = await raw_exchange(port, msg("M-2"))
+    assert parse_ack(reply or b"").code == "AA"
+
+
+async def test_bom_and_lf_line_ends(sim_port: Callable[..., Awaitable[int]]) -> None:
+    [reply] = await raw_exchange(await sim_port(bom=True, lf_line_ends=True), msg("B-1"))
+    assert reply is not None and reply.startswith(b"\xef\xbb\xbfMSH|") and b"\r" not in reply
+    assert b"\nMSA|AA|B-1" in reply
+
+
+async def test_error_condition_in_msa6(sim_port: Callable[..., Awaitable[int]]) -> None:
+    port = await sim_port(ar_match=["MSH-9.2=S12"], ar_error_code="201", error_in_msa6=True)
+    [reply] = await raw_exchange(port, msg("V-1"))
+    segments = (reply or b"").decode().split("\r")
+    msa = next(s for s in segments if s.startswith("MSA")).split("|")
+    assert msa[1:3] == ["AR", "V-1"] and msa[6].split("^")[0] == "201"
+    assert not any(s.startswith("ERR") for s in segments)
+
+
+async def test_ae_with_warnings_only(sim_port: Callable[..., Awaitable[int]]) -> None:
+    [reply] = await raw_exchange(await sim_port(ae_every=1, ae_severity="W"), msg("W-1"))
+    err = next(s for s in (reply or b"").decode().split("\r") if s.startswith("ERR"))
+    assert err.split("|")[4] == "W"
+
+
+async def test_accept_then_reset(sim_port: Callable[..., Awaitable[int]]) -> None:
+    port = await sim_port(accept_then_reset=True)
+    try:
+        got = await raw_exchange(port, msg("R-1"))
+    except (ConnectionResetError, BrokenPipeError):
+        return  # reset
+    assert got == [None]  # no answer either way
+
+
+async def test_never_read_leaves_a_large_write_pending(
+        sim_port: Callable[..., Awaitable[int]]) -> None:
+    port = await sim_port(never_read=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\x0b" + b"x" * 16_000_000)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await writer.drain()
+    finally:
+        writer.transport.abort()
+
+
+async def test_slow_reader_answers_only_after_reading_every_byte(
+        sim_port: Callable[..., Awaitable[int]]) -> None:
+    port = await sim_port(read_bytes_per_second=50)  # a message of ~300 bytes: ~6 s
+    with pytest.raises(TimeoutError):
+        await raw_exchange(port, msg("S-1"), timeout=0.5)
+
+
+def test_cli_hostile_flags() -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="verb"))
+    p = policy_from_args(parser.parse_args([
+        "sim-ehr", "--close-match", "MSH-9.2=S15", "--close-mid-ack", "--duplicate-ack",
+        "--ca-then-aa", "--bom", "--lf", "--msa6", "--ae-severity", "W", "--never-read",
+        "--read-bytes-per-second", "1", "--accept-then-reset",
+    ]))
+    assert p.close_match == ["MSH-9.2=S15"] and p.close_mid_ack and p.duplicate_ack
+    assert p.commit_then_app_ack and p.bom and p.lf_line_ends and p.error_in_msa6
+    assert p.ae_severity == "W" and p.never_read and p.read_bytes_per_second == 1
+    assert p.accept_then_reset

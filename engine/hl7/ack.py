@@ -343,6 +343,8 @@ def build_ack(
     encoding: str = "utf-8",
     msa2: str | None = None,
     err_segment: bool = True,
+    error_in_msa6: bool = False,
+    severity: str = "E",
 ) -> str:
     """An original-mode (or, with CA/CE/CR, commit) ACK for `message`, CR-terminated, no
     MLLP framing. Best effort on a broken MSH: what cannot be read is left empty.
@@ -350,8 +352,9 @@ def build_ack(
     MSA-2 = the message's MSH-10 (or `msa2`, which exists for the simulator's wrong-MSA-2
     mode); `err_segment=False` leaves ERR out; sender/receiver are swapped unless
     `sending_application`/`sending_facility` are given; same version and processing id; for
-    codes other than AA/CA an ERR segment (v2.5+: ERR-3 code^text^HL70357, ERR-4 E, ERR-8
-    text; before v2.5: ERR-1) and MSA-3."""
+    codes other than AA/CA an ERR segment (v2.5+: ERR-3 code^text^HL70357, ERR-4 `severity`,
+    ERR-8 text; before v2.5: ERR-1) and MSA-3, or with `error_in_msa6` the code in MSA-6 and
+    no ERR (the simulator's v2.3 style)."""
     code = code.upper()
     if code not in ACK_CODES:
         raise ValueError(f"unknown acknowledgment code {code!r}")
@@ -387,6 +390,11 @@ def build_ack(
     out = [msh_out]
     if code in ("AA", "CA"):
         out.append(f"MSA|{code}|{echoed}")
+    elif error_in_msa6:  # the error condition in MSA-6 and no ERR, as v2.1-2.4 EHRs may
+        ecode = error_code or "207"
+        detail = error_text or ERROR_TEXTS.get(ecode, "")
+        out.append(f"MSA|{code}|{echoed}|{escape(detail[:MAX_MSA3])}|||"
+                   f"{escape(ecode)}^{escape(ERROR_TEXTS.get(ecode, ''))}^HL70357")
     elif not err_segment:  # a bare reject, as some EHRs send
         tail = f"|{escape(error_text[:MAX_MSA3])}" if error_text else ""
         out.append(f"MSA|{code}|{echoed}{tail}")
@@ -402,7 +410,7 @@ def build_ack(
         else:
             out.append("|".join([
                 "ERR", "", "^".join(loc),
-                f"{escape(ecode)}^{escape(etext_table)}^HL70357", "E", "", "", "",
+                f"{escape(ecode)}^{escape(etext_table)}^HL70357", escape(severity), "", "", "",
                 escape(error_text or etext_table),
             ]))
     return "\r".join(out) + "\r"

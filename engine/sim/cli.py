@@ -28,6 +28,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--close-after-read", action="store_true", help="hang up after reading")
     p.add_argument("--duplicate-key-ae", action="store_true",
                    help="AE ERR-3 205 for an MSH-10 already seen")
+    p.add_argument("--close-match", action="append", default=[], metavar="FIELD=VALUE",
+                   help="hang up without answering when a field matches (repeatable)")
+    p.add_argument("--close-mid-ack", action="store_true", help="send half an ACK, hang up")
+    p.add_argument("--duplicate-ack", action="store_true", help="send every ACK twice")
+    p.add_argument("--ca-then-aa", action="store_true",
+                   help="enhanced mode: a commit ACK (CA), then the application ACK")
+    p.add_argument("--bom", action="store_true", help="a UTF-8 byte order mark before MSH")
+    p.add_argument("--lf", action="store_true", help="end ACK segments with LF, not CR")
+    p.add_argument("--msa6", action="store_true",
+                   help="error condition in MSA-6 and no ERR segment (v2.1-2.4 style)")
+    p.add_argument("--ae-severity", default="E", choices=["E", "W", "I", "F"],
+                   help="ERR-4 of the AEs: W or I make them warnings (default E)")
+    p.add_argument("--never-read", action="store_true", help="accept, never read")
+    p.add_argument("--read-bytes-per-second", type=float, default=0, metavar="N",
+                   help="read this slowly, a byte at a time (e.g. 1)")
+    p.add_argument("--accept-then-reset", action="store_true",
+                   help="accept each connection, then reset it")
     p.add_argument("--log", metavar="FILE", help="JSON-lines log of received messages")
     p.add_argument("--log-raw", action="store_true", help="include raw messages in the log")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop when installed")
@@ -46,6 +63,17 @@ def policy_from_args(args: argparse.Namespace) -> SimPolicy:
         wrong_msa2=args.wrong_msa2,
         close_after_read=args.close_after_read,
         duplicate_key_ae=args.duplicate_key_ae,
+        close_match=list(args.close_match),
+        close_mid_ack=args.close_mid_ack,
+        duplicate_ack=args.duplicate_ack,
+        commit_then_app_ack=args.ca_then_aa,
+        bom=args.bom,
+        lf_line_ends=args.lf,
+        error_in_msa6=args.msa6,
+        ae_severity=args.ae_severity,
+        never_read=args.never_read,
+        read_bytes_per_second=args.read_bytes_per_second,
+        accept_then_reset=args.accept_then_reset,
         log_raw=args.log_raw,
     )
 

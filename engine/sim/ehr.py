@@ -1,5 +1,8 @@
 """The EHR simulator: an MLLP listener that answers SIU like a legacy EHR, with faults on
-demand (slow, AE every Nth, AR on a field match, silent, wrong MSA-2, hang-up, duplicate key).
+demand: slow, AE every Nth (with errors or only warnings), AR on a field match, silent, wrong
+MSA-2, hang-up (on every message or on a match), hang-up mid-ACK, duplicate ACKs, CA then AA,
+a byte order mark and LF line ends, the error condition in MSA-6 (v2.3 style), duplicate key,
+and at the socket: never read, read one byte a second, accept then reset.
 
 Built for benchmarks too: MSH-10, MSH-9 and SCH-1 are cut from the bytes; a field is only
 looked up when an `ar_match` rule asks for it. The JSON-lines log holds what the simulator
@@ -12,6 +15,8 @@ import asyncio
 import codecs
 import json
 import os
+import socket
+import struct
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -20,7 +25,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.hl7.ack import build_ack, read_msh10
-from engine.mllp.server import CloseConnection, Peer, serve, shutdown
+from engine.mllp.errors import FrameTooLarge, IncompleteFrame
+from engine.mllp.framing import SB, FrameReader, frame
+from engine.mllp.server import CloseConnection, Peer
+
+_BOM = b"\xef\xbb\xbf"
 
 _encode_str = json.encoder.encode_basestring_ascii
 
@@ -41,6 +50,22 @@ class SimPolicy(BaseModel):
     silent: bool = Field(False, description="read, never answer")
     wrong_msa2: bool = Field(False, description="answer AA with an MSA-2 that is not the MSH-10")
     close_after_read: bool = Field(False, description="read the message, then hang up")
+    close_match: list[str] = Field(
+        default_factory=list, description='hang up without answering when a field matches')
+    close_mid_ack: bool = Field(False, description="send half of the ACK frame, then hang up")
+    duplicate_ack: bool = Field(False, description="send every ACK twice")
+    commit_then_app_ack: bool = Field(
+        False, description="enhanced mode: a commit ACK (CA) and then the application ACK")
+    bom: bool = Field(False, description="a UTF-8 byte order mark before the ACK's MSH")
+    lf_line_ends: bool = Field(False, description="end the ACK's segments with LF, not CR")
+    error_in_msa6: bool = Field(
+        False, description="error condition in MSA-6 and no ERR segment (v2.1-2.4 style)")
+    ae_severity: str = Field(
+        "E", pattern="^[EWIF]$", description="ERR-4 of the AE answers: W or I are warnings")
+    never_read: bool = Field(False, description="accept connections, never read from them")
+    read_bytes_per_second: float = Field(
+        0, ge=0, description="read this slowly, one byte at a time (0: at full speed)")
+    accept_then_reset: bool = Field(False, description="accept, then reset the connection")
     duplicate_key_ae: bool = Field(
         False,
         description="AE ERR-3 205 for an MSH-10 already seen (default: AA, logged as a repeat)",
@@ -63,7 +88,7 @@ class SimPolicy(BaseModel):
             raise ValueError(f"unknown encoding {name!r}") from None
         return name
 
-    @field_validator("ar_match")
+    @field_validator("ar_match", "close_match")
     @classmethod
     def _check_rules(cls, rules: list[str]) -> list[str]:
         for rule in rules:
@@ -169,6 +194,8 @@ class EhrSimulator:
         self.seen: set[str] = set()
         self.received = 0
         self.acks: dict[str, int] = {}  # ack code (or silent/closed) -> count
+        self.connections = 0  # accepted, in all
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def policy(self) -> SimPolicy:
@@ -179,9 +206,12 @@ class EhrSimulator:
         # swappable while running (tests turn a fault off mid-run); rules compiled once here
         self._policy = policy
         self._rules = [FieldRule.parse(r) for r in policy.ar_match]
+        self._close_rules = [FieldRule.parse(r) for r in policy.close_match]
         self._delay = policy.delay_ms / 1000.0
 
     async def handle(self, message: bytes, peer: Peer) -> bytes | None:
+        """The reply payload for one message (None: no reply); raises CloseConnection to
+        hang up. Replies that are more than one frame, or part of one, are `answer`'s."""
         p = self.policy
         self.received += 1
         n = self.received
@@ -191,7 +221,9 @@ class EhrSimulator:
             self.seen.add(msh10)
         code: str | None
         err: str | None = None
-        if p.close_after_read:
+        if p.close_after_read or (
+                self._close_rules and any(r.matches(message, p.encoding)
+                                          for r in self._close_rules)):
             self._record(message, peer, msh10, "closed", repeat)
             raise CloseConnection
         if p.silent:
@@ -220,9 +252,40 @@ class EhrSimulator:
             encoding=p.encoding,
             msa2=msa2,
             err_segment=err is not None or code == "AE",
+            error_in_msa6=p.error_in_msa6 and err is not None,
+            severity=p.ae_severity if code == "AE" else "E",
         )
         self._record(message, peer, msh10, code, repeat)
-        return ack.encode(p.encoding)
+        return self._shape(ack)
+
+    def _shape(self, ack: str) -> bytes:
+        p = self.policy
+        if p.lf_line_ends:
+            ack = ack.replace("\r", "\n")
+        data = ack.encode(p.encoding)
+        return _BOM + data if p.bom else data
+
+    async def answer(self, message: bytes, peer: Peer) -> list[bytes] | None:
+        """The frames (framed bytes) to write for one message; None: hang up."""
+        try:
+            reply = await self.handle(message, peer)
+        except CloseConnection:
+            return None
+        if reply is None:
+            return []
+        p = self.policy
+        if p.close_mid_ack:
+            return [SB + reply[: max(1, len(reply) // 2)], b""]  # b"": then hang up
+        if p.commit_then_app_ack:
+            msa2 = read_msh10(message) or ""
+            commit = build_ack(message, "CA", sending_application=p.sending_application,
+                               sending_facility=p.sending_facility,
+                               now=datetime.now(self._tz), encoding=p.encoding,
+                               msa2=None if not p.wrong_msa2 else f"WRONG-{msa2}")
+            return [frame(self._shape(commit)), frame(reply)]
+        if p.duplicate_ack:
+            return [frame(reply), frame(reply)]
+        return [frame(reply)]
 
     def _record(
         self, message: bytes, peer: Peer, msh10: str | None, ack: str, repeat: bool
@@ -245,15 +308,71 @@ class EhrSimulator:
         os.write(self._log_fd, (line + "}\n").encode("ascii"))
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        server = await serve(
-            self.handle,
-            host,
-            port,
-            max_frame_bytes=self.policy.max_frame_bytes,
-            idle_timeout=self.policy.idle_timeout_seconds,
-        )
+        # its own connection loop, not engine.mllp.server's: the faults below the message
+        # (half frames, two frames, never reading, resets) need the socket
+        server = await asyncio.start_server(self._connection, host, port, backlog=100,
+                                            limit=65_536)
         _SIMS[server] = self
         return server
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # a strong reference, and stop() ends it
+        self.connections += 1
+        addr = writer.get_extra_info("peername")
+        peer = Peer(str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else Peer(str(addr), 0)
+        try:
+            await self._converse(reader, writer, peer)
+        except (asyncio.CancelledError, ConnectionError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            if not writer.is_closing():
+                writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        peer: Peer) -> None:
+        p = self.policy
+        if p.accept_then_reset:
+            _reset(writer)
+            return
+        if p.never_read:
+            writer.transport.pause_reading()  # what the kernel buffers, and no more
+            await asyncio.Event().wait()  # until stopped
+        source: asyncio.StreamReader | _SlowReader = reader
+        if p.read_bytes_per_second:
+            writer.transport.pause_reading()
+            source = _SlowReader(reader, writer.transport, p.read_bytes_per_second)
+        frames = FrameReader(source, p.max_frame_bytes)  # type: ignore[arg-type]
+        while True:
+            try:
+                async with asyncio.timeout(self.policy.idle_timeout_seconds):
+                    payload = await frames.read_frame()
+            except (TimeoutError, IncompleteFrame):
+                return
+            except FrameTooLarge:
+                continue
+            if payload is None:
+                return
+            replies = await self.answer(payload, peer)
+            if replies is None:
+                return
+            for reply in replies:
+                if not reply:  # the half frame went out: hang up
+                    await writer.drain()
+                    _reset(writer)
+                    return
+                writer.write(reply)
+            if writer.transport.get_write_buffer_size() > 65_536:
+                await writer.drain()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def close(self) -> None:
         if self._log_fd is not None:
@@ -277,7 +396,37 @@ def simulator_of(server: asyncio.Server) -> EhrSimulator | None:
 
 
 async def stop_sim(server: asyncio.Server) -> None:
-    await shutdown(server)
+    server.close()
     sim = _SIMS.pop(server, None)
     if sim is not None:
+        await sim.stop()
         sim.close()
+    await server.wait_closed()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), dropping whatever is unsent."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class _SlowReader:
+    """A reader that takes one byte per 1/rate seconds from the socket: the transport is
+    paused and resumed for each byte, so the sender's data waits in the kernel buffers."""
+
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport,
+                 rate: float) -> None:
+        self._reader = reader
+        self._transport = transport
+        self._interval = 1.0 / rate
+
+    async def read(self, n: int = -1) -> bytes:
+        await asyncio.sleep(self._interval)
+        if not self._reader._buffer and not self._reader.at_eof():  # type: ignore[attr-defined]
+            self._transport.resume_reading()  # type: ignore[attr-defined]
+            data = await self._reader.read(1)
+            self._transport.pause_reading()  # type: ignore[attr-defined]
+            return data
+        return await self._reader.read(1)
