@@ -158,10 +158,15 @@ class DestinationWorker:
                     if not ahead and not stop.is_set():
                         ahead.append(asyncio.ensure_future(self._claim(owner, lease)))
 
+                used = conn
                 conn, landing, every_one = await self._send_batch(conn, batch, dest, stop, slot,
                                                                   deadline, claim_ahead)
                 if not every_one:  # the lanes the batch did not reach (and the next) go
                     await let_go()
+                if used.replies:
+                    reconnect.reset()
+                elif conn is None:  # it closed without ever answering: reconnect slowly
+                    await sleep_or_stop(stop, reconnect.next())
         finally:
             if landing is not None:
                 with contextlib.suppress(Exception):
@@ -202,7 +207,8 @@ class DestinationWorker:
             self.status["last_error_at"] = time.time()
             log.warning("connect failed", extra={"destination": self.name, "error": str(exc)})
             return None
-        reconnect.reset()
+        # the reconnect back-off is reset once the connection carries a reply, not here:
+        # an EHR that accepts and hangs up at once must not be reconnected in a tight loop
         self.metrics.reconnects.labels(self.name, "connected").inc()
         self._set_connected(slot, True)
         return conn
@@ -237,6 +243,10 @@ class DestinationWorker:
                 if stop.is_set() or conn is None or conn.closed or time.time() > deadline:
                     break
                 record, conn = await self._attempt(conn, msg, dest)
+                if record is None:  # not sent: the caller releases it with the rest
+                    if conn is None:
+                        self._set_connected(slot, False)
+                    break
                 reached += 1
                 if len(batch) - reached <= _CLAIM_AHEAD:
                     claim_ahead()  # the next claim's commit overlaps the last sends
@@ -265,8 +275,9 @@ class DestinationWorker:
 
     async def _attempt(
         self, conn: MLLPConnection, msg: QueuedMessage, dest: Destination
-    ) -> tuple[AttemptRecord, MLLPConnection | None]:
-        """Send one message; return its outcome and the connection, or None if it is gone."""
+    ) -> tuple[AttemptRecord | None, MLLPConnection | None]:
+        """Send one message; return its outcome (None: it did not go out) and the
+        connection, or None if it is gone."""
         is_resend = msg.claims > 1 or msg.attempts > 0
         if is_resend:
             again = await self._sent_before(msg)
@@ -276,12 +287,15 @@ class DestinationWorker:
         try:
             reply = await conn.send(msg.payload)
         except PeerClosed as exc:
-            # the peer hung up (idle timeout, restart): not an ACK timeout. Go again at once,
-            # same bytes, through a fresh claim (so a lapsed lease can never send)
             self.metrics.reconnects.labels(self.name, "peer_closed").inc()
-            return AttemptRecord(msg.id, msg.lane_id, msg.fence, "retry", time.time(),
-                                 detail=f"peer closed: {exc}",
-                                 next_attempt_at=time.time()), None
+            if not exc.sent:
+                # it had hung up while the connection was idle: nothing went out, so no
+                # attempt; the lane is released and goes again on a fresh connection
+                return None, None
+            # it hung up on this message: an attempt like a timeout, through the back-off
+            # and within the message's budget (an EHR that hangs up on every message ends
+            # in a dead letter, not a loop)
+            return self._retry(msg, dest, "peer_closed", f"peer closed: {exc}", None, None), None
         except ResponseTimeout as exc:
             self._saw_reply_time(dest.connection.response_timeout_seconds)
             return self._retry(msg, dest, "timeout", str(exc), None, None), None

@@ -13,6 +13,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 
 from engine.backoff import backoff_delay
@@ -60,35 +61,63 @@ class MLLPConnection:
         settings: ConnectionSettings,
         peer: str,
     ) -> None:
+        self._reader = reader
         self._writer = writer
         self._frames = FrameReader(reader, settings.max_frame_bytes)
         self._settings = settings
         self._lock = asyncio.Lock()
         self._closed = False
         self.peer = peer  # "host:port", safe to log
+        self.replies = 0  # replies received on this connection
+        self.stale_replies = 0  # replies the caller's `stale` test set aside
 
     @property
     def closed(self) -> bool:
         return self._closed or self._writer.is_closing()
 
-    async def send(self, payload: bytes, *, timeout: float | None = None) -> bytes:
+    async def send(
+        self,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        stale: Callable[[bytes], bool] | None = None,
+    ) -> bytes:
         """Send one message (unframed bytes), return the reply payload (unframed bytes).
 
-        Raises PeerClosed, ResponseTimeout, FrameTooLarge (reply too big) or MLLPError
-        (already closed); the connection is closed after any of them."""
+        One deadline (`timeout`, else the response timeout) bounds the whole exchange: the
+        write, however slowly the peer reads, and the reply. A reply for which `stale(reply)`
+        is true (an extra or late answer to an earlier message) is set aside and reading goes
+        on within the same deadline.
+
+        Raises PeerClosed (its `sent` says whether the frame was written), ResponseTimeout
+        (the write or the reply did not finish in time), FrameTooLarge (reply too big) or
+        MLLPError; the connection is closed after any of them."""
         async with self._lock:
             if self.closed:
-                raise PeerClosed(f"connection to {self.peer} is already closed")
+                raise PeerClosed(f"connection to {self.peer} is already closed", sent=False)
+            if self._reader.at_eof():  # the peer hung up while we were idle: nothing sent
+                await self._abort()
+                raise PeerClosed(f"{self.peer} had closed the connection", sent=False)
             wait = self._settings.response_timeout_seconds if timeout is None else timeout
+            written = False
             try:
-                self._writer.write(frame(payload))
-                # drain only when the kernel buffer pushed back: saves a task switch per message
-                if self._writer.transport.get_write_buffer_size() > 65_536:
-                    await self._writer.drain()
                 async with asyncio.timeout(wait):
-                    reply = await self._frames.read_frame()
+                    self._writer.write(frame(payload))
+                    # drain only when the kernel buffer pushed back: saves a task switch per
+                    # message; a peer that never reads then meets the deadline here
+                    if self._writer.transport.get_write_buffer_size() > 65_536:
+                        await self._writer.drain()
+                    written = True
+                    while True:
+                        reply = await self._frames.read_frame()
+                        if reply is None or stale is None or not stale(reply):
+                            break
+                        self.stale_replies += 1
             except TimeoutError:
                 await self._abort()
+                if not written:
+                    raise ResponseTimeout(
+                        f"{self.peer} did not take the message within {wait:g}s") from None
                 raise ResponseTimeout(f"no reply from {self.peer} within {wait:g}s") from None
             except IncompleteFrame:
                 await self._abort()
@@ -102,11 +131,18 @@ class MLLPConnection:
             if reply is None:
                 await self._abort()
                 raise PeerClosed(f"{self.peer} closed the connection before replying")
+            self.replies += 1
             return reply
 
     async def _abort(self) -> None:
         self._closed = True
         transport = self._writer.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a reset: what the kernel still holds is dropped, not sent late
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         transport.abort()  # no graceful close: unread/late bytes must not linger
 
     async def close(self) -> None:

@@ -47,13 +47,16 @@ class ConnectFailed(ConnectError):
 class PeerClosed(MLLPError):
     """The peer closed (or reset) the connection before or while replying.
 
-    Not an ACK timeout: the caller reconnects and resends the same bytes (same MSH-10)."""
+    Not an ACK timeout: the caller reconnects and resends the same bytes (same MSH-10).
+    `sent` is False when the close was seen before the frame was written (nothing went out)."""
 
-    def __init__(self, message: str, *, partial_reply: bool = False) -> None:
+    def __init__(self, message: str, *, partial_reply: bool = False, sent: bool = True) -> None:
         super().__init__(message)
         self.partial_reply = partial_reply
+        self.sent = sent
 
 
 class ResponseTimeout(MLLPError):
-    """No complete reply frame within response_timeout_seconds. The connection is closed
-    by then, so a late reply can never be read as the answer to the next message."""
+    """The write and a complete reply did not both finish within the deadline (a silent
+    peer, or one that does not read). The connection is reset by then, so a late reply can
+    never be read as the answer to the next message, nor a late write go out."""

@@ -1,0 +1,69 @@
+"""Delivery to EHRs that misbehave the way real ones do, over real sockets with the simulator's
+hostile policies: each ends with every change at the EHR once and in order, or as a dead
+letter that holds its lane, never as a loop, a lost message or a message credited wrongly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.sim.bookings import StoryTeller
+from engine.sim.ehr import SimPolicy, simulator_of
+from tests.engine_harness import Running, eventually, running_engine
+from tests.test_delivery import acked, assert_once_in_order, fast_channels, post_stories, received
+
+
+async def one_visit(eng: Running, seed: int = 3) -> None:
+    """One new in-person family visit: an S12 for each EHR."""
+    teller = StoryTeller(seed=seed)
+    b, created = teller.created()
+    while b.event_type[1] != 731042:
+        b, created = teller.created()
+    r = await eng.post(created)
+    assert r.status_code == 200, r.text
+
+
+async def messages_to(eng: Running, destination: str) -> list[dict[str, Any]]:
+    out = []
+    for i in range(1, 10_000):
+        msg = await eng.store.message(i)
+        if msg is None:
+            break
+        if msg["destination"] == destination:
+            out.append(msg)
+    return out
+
+
+# ------------------------------------------------------------------ defect: hang-up loop
+
+
+async def test_ehr_that_hangs_up_on_every_message_gets_a_dead_letter_not_a_loop(
+        tmp_path: Path, store_url: str | None) -> None:
+    """An EHR that closes the connection on every message: the attempts stay within the
+    message's budget, spaced by the back-off; the message ends as a dead letter holding its
+    lane, and the EHR is not contacted for it again."""
+    budget = 4
+    channels = fast_channels(tmp_path, retry={"max_attempts": budget, "initial_seconds": 0.1,
+                                              "max_seconds": 0.2, "jitter": 0.0})
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=channels,
+                              main_policy=SimPolicy(close_after_read=True)) as eng:
+        await one_visit(eng)
+        sim = simulator_of(eng.sims["main_server"])
+
+        async def dead() -> list[dict[str, Any]]:
+            return [d for d in await eng.store.dead_letters(10) if d["destination"] == "ehr-main"]
+
+        [letter] = await eventually(dead, timeout=15)
+        msg = await eng.store.message(letter["id"])
+        assert msg["attempts"] == budget and len(msg["attempt_log"]) == budget
+        times = [a["at"] for a in msg["attempt_log"]]
+        assert all(b - a >= 0.09 for a, b in zip(times, times[1:])), times  # backed off
+        assert "retry budget exhausted" in msg["error"]
+        [lane] = [lane for lane in await eng.store.lanes("ehr-main", 10) if lane["held"]]
+        assert sim.received == budget  # every send is an attempt on record
+        # nothing more for it until an analyst acts: the lane stays held, the EHR unasked
+        seen = sim.received
+        await one_visit(eng, seed=99)  # other traffic still goes out (and hangs up)
+        await eventually(lambda: sim.received > seen)
+        assert sum(1 for r in received(tmp_path / "main.jsonl")
+                   if r["msh10"] == letter["control_id"]) == budget
