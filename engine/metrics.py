@@ -86,6 +86,10 @@ class Metrics:
         self.connections = Gauge(
             "calhl7_mllp_connections", "Open MLLP connections", ["destination"], registry=r,
         )
+        self.stale_acks = Counter(
+            "calhl7_stale_acks_total", "Extra ACKs for messages already answered (a duplicate"
+            " ACK, the AA after a CA), set aside", ["destination"], registry=r,
+        )
         self.reconnects = Counter(
             "calhl7_mllp_reconnects_total", "MLLP (re)connection attempts by outcome",
             ["destination", "outcome"], registry=r,

@@ -67,3 +67,59 @@ async def test_ehr_that_hangs_up_on_every_message_gets_a_dead_letter_not_a_loop(
         await eventually(lambda: sim.received > seen)
         assert sum(1 for r in received(tmp_path / "main.jsonl")
                    if r["msh10"] == letter["control_id"]) == budget
+
+
+# ------------------------------------------------------------------ defect: extra ACKs
+
+
+def sends_per_control_id(log: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rec in received(log):
+        counts[rec["msh10"]] = counts.get(rec["msh10"], 0) + 1
+    return counts
+
+
+async def test_a_duplicate_ack_is_set_aside_not_read_as_the_next_reply(
+        tmp_path: Path, store_url: str | None) -> None:
+    """An EHR that answers every message twice: the extra ACK names a message already
+    answered, so it is discarded and the next message's own ACK is read. Every message goes
+    out once, under its one MSH-10; no connection is reset."""
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(duplicate_ack=True)) as eng:
+        await post_stories(eng, 6, seed=31)
+        counts = await eng.settle(20)
+        assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+        rows = await acked(eng, "ehr-main")
+        assert len(rows) >= 3
+        assert set(sends_per_control_id(tmp_path / "main.jsonl").values()) == {1}
+        assert_once_in_order(tmp_path / "main.jsonl", rows)
+        assert simulator_of(eng.sims["main_server"]).connections <= 2  # one a slot: no reset
+        stale = eng.engine.metrics.stale_acks.labels("ehr-main")._value.get()
+        assert stale >= len(rows) - 2  # the last extra on each connection is never read
+
+
+async def test_commit_ack_then_application_ack(tmp_path: Path, store_url: str | None) -> None:
+    """Enhanced mode: CA, then AA for the same message. The CA delivers it; the AA that
+    follows is discarded, never credited to the next message."""
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(commit_then_app_ack=True)) as eng:
+        await post_stories(eng, 6, seed=32)
+        counts = await eng.settle(20)
+        assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+        rows = await acked(eng, "ehr-main")
+        assert set(sends_per_control_id(tmp_path / "main.jsonl").values()) == {1}
+        assert_once_in_order(tmp_path / "main.jsonl", rows)
+        assert {(await eng.store.message(i))["ack_code"] for _, _, i in rows} == {"CA"}
+
+
+async def test_an_ack_for_a_message_never_sent_still_resets(
+        tmp_path: Path, store_url: str | None) -> None:
+    """Only an ACK naming a message we sent earlier is set aside: a wrong MSA-2 is never
+    credited and still costs the connection."""
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(wrong_msa2=True, duplicate_ack=True)) as eng:
+        await one_visit(eng)
+        sim = simulator_of(eng.sims["main_server"])
+        await eventually(lambda: sim.received >= 3)
+        assert await acked(eng, "ehr-main") == []
+        assert sim.connections >= 2

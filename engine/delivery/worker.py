@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from engine.aio import sleep_or_stop
 from engine.channels.config import Destination
 from engine.delivery.policy import Outcome, backoff_seconds, budget_exhausted, classify
-from engine.hl7.ack import parse_ack
+from engine.hl7.ack import AckInfo, parse_ack
 from engine.metrics import Metrics
 from engine.mllp.client import Backoff, MLLPConnection, open_connection
 from engine.mllp.errors import ConnectError, MLLPError, PeerClosed, ResponseTimeout
@@ -38,6 +38,7 @@ _CLAIM_SECONDS = 0.25
 _CLAIM_AHEAD = 4  # messages left in a batch when the next claim is made
 _IDLE_POLL_SECONDS = 0.5  # operator actions from another process show up this fast
 _MIN_IDLE_SECONDS = 0.05
+_RECENT_IDS = 4096  # MSH-10s sent lately: an ACK naming one of them is an extra, set aside
 
 
 class DestinationWorker:
@@ -68,6 +69,10 @@ class DestinationWorker:
         self._connected: set[int] = set()
         # the per-destination series, looked up once instead of for every message
         self._ack_seconds = metrics.ack_seconds.labels(name)
+        self._stale_acks = metrics.stale_acks.labels(name)
+        # the MSH-10s this worker sent lately (answered or earlier in the lane): an ACK that
+        # names one, while another message waits for its reply, is an extra to set aside
+        self._sent_ids: OrderedDict[str, None] = OrderedDict()
         self._end_to_end_seconds = metrics.end_to_end_seconds.labels(name)
 
     def notify(self) -> None:
@@ -283,9 +288,26 @@ class DestinationWorker:
             again = await self._sent_before(msg)
             if again is not None:
                 self.metrics.messages.labels(msg.channel, self.name, msg.message_type, again).inc()
+        current = msg.control_id.strip()
+        kept: list[AckInfo] = []
+
+        def stale(reply: bytes) -> bool:
+            """An ACK naming a message sent before this one (a duplicate ACK, the AA after
+            a CA) is set aside, counted and logged by ids only; reading goes on for ours."""
+            info = parse_ack(reply, encoding=dest.codec)
+            if info.control_id is not None and info.control_id != current \
+                    and info.control_id in self._sent_ids:
+                self._stale_acks.inc()
+                log.info("extra ACK for an earlier message set aside", extra={
+                    **_ids(msg, self.name), "ack_code": info.code,
+                    "ack_for_control_id": info.control_id})
+                return True
+            kept.append(info)
+            return False
+
         sent_at = time.perf_counter()
         try:
-            reply = await conn.send(msg.payload)
+            reply = await conn.send(msg.payload, stale=stale)
         except PeerClosed as exc:
             self.metrics.reconnects.labels(self.name, "peer_closed").inc()
             if not exc.sent:
@@ -302,10 +324,12 @@ class DestinationWorker:
         except (MLLPError, OSError) as exc:
             await conn.close()
             return self._retry(msg, dest, "connection_error", str(exc), None, None), None
+        finally:
+            self._remember_sent(current)
         reply_seconds = time.perf_counter() - sent_at
         self._ack_seconds.observe(reply_seconds)
         self._saw_reply_time(reply_seconds)
-        ack = parse_ack(reply, encoding=dest.codec)
+        ack = kept[-1] if kept else parse_ack(reply, encoding=dest.codec)
         decision = classify(ack, sent_control_id=msg.control_id, is_resend=is_resend,
                             policy=dest.ack)
         now = time.time()
@@ -327,6 +351,13 @@ class DestinationWorker:
             return self._retry(msg, dest, "bad_reply", detail, reply, ack.code), None
         label = "rejected" if ack.code in ("AR", "CR") else "application_error"
         return self._retry(msg, dest, label, detail, reply, ack.code), conn
+
+    def _remember_sent(self, control_id: str) -> None:
+        ids = self._sent_ids
+        ids[control_id] = None
+        ids.move_to_end(control_id)
+        if len(ids) > _RECENT_IDS:
+            ids.popitem(last=False)
 
     async def _sent_before(self, msg: QueuedMessage) -> str | None:
         """The metric outcome of sending a message claimed before: `resent` when its MSH-10
