@@ -231,3 +231,63 @@ def test_build_without_err_segment() -> None:
     ack = build_ack(b"MSH|^~\\&|A|B|C|D|x||SIU^S12|C-1|P|2.5.1", "AR", err_segment=False, now=NOW)
     assert [s[:3] for s in ack.split("\r") if s] == ["MSH", "MSA"]
     assert segs(ack)["MSA"] == ["MSA", "AR", "C-1"]
+
+
+# ------------------------------------------------------------------ where the error condition is
+
+_MSH23 = "MSH|^~\\&|EHR|CLINIC|CALCOM_HL7|ACME|20250314093016||ACK^S12|A1|P|2.3\r"
+_MSH251 = "MSH|^~\\&|EHR|CLINIC|CALCOM_HL7|ACME|20250314093016||ACK^S12^ACK|A1|P|2.5.1\r"
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "errors", "warnings_only"),
+    [
+        # v2.3: MSA-6 only
+        (_MSH23 + "MSA|AR|C1|Unsupported event|||201^Unsupported event code^HL70357\r",
+         "AR", ("201",), False),
+        (_MSH23 + "MSA|AE|C1||||205\r", "AE", ("205",), False),
+        # v2.3/2.4: ERR-1.4 beats MSA-6
+        (_MSH23 + "MSA|AE|C1||||207\rERR|PID^1^5^204&Unknown key&HL70357\r",
+         "AE", ("204",), False),
+        # v2.5: ERR-3 beats ERR-1.4 and MSA-6
+        (_MSH251 + "MSA|AE|C1||||207\rERR|PID^1^5^204&x&HL70357||205^Duplicate^HL70357|E\r",
+         "AE", ("205",), False),
+        # v2.5: ERR-4 W / I are remarks, not errors
+        (_MSH251 + "MSA|AE|C1\rERR|||102^Data type error^HL70357|W\r", "AE", (), True),
+        (_MSH251 + "MSA|AE|C1\rERR|||0^Message accepted^HL70357|I\rERR|||103|W\r", "AE", (), True),
+        (_MSH251 + "MSA|AE|C1\rERR|||103|W\rERR|||204|E\r", "AE", ("204",), False),
+        (_MSH251 + "MSA|AE|C1\rERR|||207\r", "AE", ("207",), False),  # no ERR-4: an error
+        (_MSH251 + "MSA|AA|C1\r", "AA", (), False),
+        # a byte order mark before MSH, LF or CRLF line ends
+        ("\ufeff" + _MSH251 + "MSA|AA|C1\r", "AA", (), False),
+        ((_MSH251 + "MSA|AR|C1\rERR|||205|E\r").replace("\r", "\n"), "AR", ("205",), False),
+        ("\ufeff" + (_MSH23 + "MSA|AR|C1||||201\r").replace("\r", "\r\n"), "AR", ("201",), False),
+    ],
+)
+def test_error_condition_and_severity(
+    reply: str, code: str, errors: tuple[str, ...], warnings_only: bool
+) -> None:
+    for raw in (reply, reply.encode("utf-8")):
+        info = parse_ack(raw)
+        assert (info.code, info.control_id, info.parse_error) == (code, "C1", None)
+        assert (info.error_codes, info.warnings_only) == (errors, warnings_only)
+
+
+def test_byte_order_mark_with_a_single_byte_charset() -> None:
+    info = parse_ack(b"\xef\xbb\xbf" + (_MSH23 + "MSA|AA|C1\r").encode("ascii"), "latin-1")
+    assert (info.code, info.control_id, info.parse_error) == ("AA", "C1", None)
+
+
+def test_msa6_text_is_kept_for_the_analyst() -> None:
+    info = parse_ack(_MSH23 + "MSA|AR|C1||||201^Unsupported event code^HL70357\r")
+    assert info.error_text == "Unsupported event code"
+
+
+def test_build_ack_error_in_msa6_and_warning_severity() -> None:
+    s12 = _MSH23.replace("ACK^S12", "SIU^S12").replace("|A1|", "|C1|")
+    legacy = parse_ack(build_ack(s12, "AR", error_code="201", error_in_msa6=True, now=NOW))
+    assert (legacy.code, legacy.error_codes) == ("AR", ("201",))
+    assert "ERR" not in build_ack(s12, "AR", error_code="201", error_in_msa6=True, now=NOW)
+    warned = parse_ack(build_ack(s12.replace("|2.3", "|2.5.1"), "AE", error_code="102",
+                                 severity="W", now=NOW))
+    assert (warned.code, warned.error_codes, warned.warnings_only) == ("AE", (), True)

@@ -123,3 +123,78 @@ async def test_an_ack_for_a_message_never_sent_still_resets(
         await eventually(lambda: sim.received >= 3)
         assert await acked(eng, "ehr-main") == []
         assert sim.connections >= 2
+
+
+# ------------------------------------------------------------------ defect: ACK details
+
+
+async def dead_at(eng: Running, destination: str) -> list[dict[str, Any]]:
+    return [d for d in await eng.store.dead_letters(50) if d["destination"] == destination]
+
+
+async def test_v23_reject_with_msa6_201_is_a_dead_letter_at_once(
+        tmp_path: Path, store_url: str | None) -> None:
+    """v2.3 puts the error condition in MSA-6: AR 201 (unsupported event) would fail again,
+    so it is dead-lettered on the first answer instead of retried for hours."""
+    legacy = SimPolicy(encoding="ascii", ar_match=["MSH-9.2=S12"], ar_error_code="201",
+                       error_in_msa6=True)
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              legacy_policy=legacy) as eng:
+        await one_visit(eng)
+        [letter] = await eventually(lambda: dead_at(eng, "ehr-legacy"), timeout=10)
+        msg = await eng.store.message(letter["id"])
+        assert msg["attempts"] == 1 and "201" in msg["error"]
+
+
+async def test_v23_duplicate_key_in_msa6_on_a_resend_is_delivered(
+        tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              legacy_policy=SimPolicy(encoding="ascii", silent=True)) as eng:
+        await one_visit(eng)
+        sim = simulator_of(eng.sims["legacy_server"])
+        await eventually(lambda: sim.received >= 1)  # it has it, never answered: a resend
+        sim.policy = SimPolicy(encoding="ascii", duplicate_key_ae=True, error_in_msa6=True)
+        rows = await eventually(lambda: acked(eng, "ehr-legacy"), timeout=10)
+        assert sim.acks.get("AE", 0) >= 1 and not await dead_at(eng, "ehr-legacy")
+        assert "205" in (await eng.store.message(rows[0][2]))["attempt_log"][-1]["detail"]
+
+
+async def test_ae_with_only_warnings_is_delivered(tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(ae_every=1, ae_severity="W")) as eng:
+        await post_stories(eng, 3, seed=33)
+        counts = await eng.settle(20)
+        assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+        rows = await acked(eng, "ehr-main")
+        assert rows and {(await eng.store.message(i))["ack_code"] for _, _, i in rows} == {"AE"}
+
+
+async def test_ae_with_an_error_and_a_warning_is_still_a_dead_letter(
+        tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(ae_every=1, ae_severity="E")) as eng:
+        await one_visit(eng)
+        assert await eventually(lambda: dead_at(eng, "ehr-main"), timeout=10)
+
+
+async def test_ar_205_on_a_resend_is_delivered_like_ae_205(
+        tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(silent=True)) as eng:
+        await one_visit(eng)
+        sim = simulator_of(eng.sims["main_server"])
+        await eventually(lambda: sim.received >= 1)
+        sim.policy = SimPolicy(ar_match=["MSH-9.2=S12"], ar_error_code="205")
+        await eventually(lambda: acked(eng, "ehr-main"), timeout=10)
+        assert sim.acks.get("AR", 0) >= 1 and not await dead_at(eng, "ehr-main")
+
+
+async def test_ack_with_a_byte_order_mark_and_lf_line_ends(
+        tmp_path: Path, store_url: str | None) -> None:
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              main_policy=SimPolicy(bom=True, lf_line_ends=True)) as eng:
+        await post_stories(eng, 3, seed=34)
+        counts = await eng.settle(20)
+        assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
+        rows = await acked(eng, "ehr-main")
+        assert rows and set(sends_per_control_id(tmp_path / "main.jsonl").values()) == {1}

@@ -170,3 +170,31 @@ def test_backoff_initial_above_cap_is_capped() -> None:
                          [(0, 3, False), (2, 3, False), (3, 3, True), (4, 3, True), (1, 1, True)])
 def test_budget_exhausted(attempts: int, max_attempts: int, expected: bool) -> None:
     assert budget_exhausted(attempts, RetryPolicy(max_attempts=max_attempts)) is expected
+
+
+def _w(code: str, *errs: str, warnings_only: bool = False) -> AckInfo:
+    return AckInfo(code=code, control_id=SENT, error_codes=tuple(errs),
+                   warnings_only=warnings_only)
+
+
+@pytest.mark.parametrize(
+    ("info", "is_resend", "expected"),
+    [
+        (_w("AE", warnings_only=True), False, D),  # only ERR-4 W/I: filed, with remarks
+        (_w("AE", "204", warnings_only=False), False, X),
+        (_w("AR", "205"), True, D),  # duplicate key on a resend, as with AE
+        (_w("AR", "205"), False, X),  # on a first send: a real conflict, as with AE
+        (_w("AR", "201"), False, X),
+        (_w("AR", warnings_only=True), False, R),  # a reject is a reject
+    ],
+)
+def test_warnings_and_reject_duplicate_key(info: AckInfo, is_resend: bool, expected: Outcome) -> None:
+    assert classify(info, sent_control_id=SENT, is_resend=is_resend,
+                    policy=AckPolicy()).outcome == expected
+
+
+def test_msa6_reject_from_the_wire_is_a_dead_letter() -> None:
+    reply = ("MSH|^~\\&|EHR|C|CAL|A|20250314093016||ACK^S12|A1|P|2.3\r"
+             f"MSA|AR|{SENT}||||201^Unsupported event code^HL70357\r")
+    assert classify(parse_ack(reply), sent_control_id=SENT, is_resend=False,
+                    policy=AckPolicy()).outcome == X

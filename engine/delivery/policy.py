@@ -39,7 +39,7 @@ class AckPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     duplicate_key_is_delivered: bool = Field(
-        True, description="AE with ERR-3 205 on a resend means the EHR already has it"
+        True, description="AE or AR with error 205 on a resend means the EHR already has it"
     )
     # Per-code overrides: keys like "AE", "AR", "CE", "CR", "AE:206", "AR:207";
     # values are outcomes (delivered, retry, dead).
@@ -77,6 +77,12 @@ def classify(
 ) -> Decision:
     """Outcome of one send, from the parsed reply.
 
+    The error condition is read where the ACK's version puts it: ERR-3 (v2.5+), ERR-1.4
+    (v2.3/2.4) or MSA-6 (before ERR); when an ACK carries more than one and they disagree,
+    the most specific present wins, in that order (see engine.hl7.ack). ERR segments whose
+    ERR-4 severity is W or I are remarks, not errors. `is_resend` must mean "these bytes
+    went out before": a duplicate key (205) is success only then.
+
     A reply we cannot credit to this message (unparsable, no MSA, MSA-2 != the MSH-10 we
     sent) is RESET whatever the overrides say: overrides tune the meaning of a *valid* ACK,
     they can never turn someone else's ACK into a success."""
@@ -91,6 +97,9 @@ def classify(
             f"{_safe_id(sent_control_id)!r}",
         )
     code, errs, text = ack.code, ack.error_codes, ack.error_text
+    if code == "AE" and ack.warnings_only and not errs:
+        # every ERR is ERR-4 W or I: the EHR filed the message and only remarks on it
+        return Decision(Outcome.DELIVERED, "AE with warnings only (ERR-4 W/I): filed", text)
     for key in [f"{code}:{e}" for e in errs] + [code]:
         if key in policy.overrides:
             return Decision(policy.overrides[key], f"{code}{_codes(ack)}: override {key}", text)
@@ -103,6 +112,11 @@ def classify(
             )
         return Decision(Outcome.DEAD, f"AE{_codes(ack)}: application error", text)
     if code == "AR":
+        if DUPLICATE_KEY in errs:  # as with AE: the EHR has it, or a real conflict
+            if is_resend and policy.duplicate_key_is_delivered:
+                return Decision(Outcome.DELIVERED,
+                                "AR ERR-3 205 duplicate key on a resend: the EHR has it", text)
+            return Decision(Outcome.DEAD, f"AR{_codes(ack)}: duplicate key", text)
         err_set = set(errs)
         if err_set & CONFIG_REJECT_CODES:
             return Decision(Outcome.DEAD, f"AR{_codes(ack)}: interface configuration reject", text)

@@ -19,6 +19,7 @@ from datetime import datetime
 ACK_CODES: frozenset[str] = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 MAX_TEXT = 500  # cap on texts taken from a reply (a misbehaving peer can send megabytes)
 MAX_MSA3 = 80  # MSA-3 is ST(80) in v2.5
+_REMARKS = frozenset({"W", "I"})  # ERR-4 severities that are not errors (HL7 table 0516)
 
 # HL7 table 0357 (message error condition codes)
 ERROR_TEXTS: dict[str, str] = {
@@ -46,8 +47,13 @@ class AckInfo:
     code: str | None  # MSA-1 when it is one of ACK_CODES, else None
     control_id: str | None  # MSA-2: must equal the MSH-10 we sent
     text: str | None = None  # MSA-3, unescaped, capped
-    error_codes: tuple[str, ...] = ()  # ERR-3.1 (v2.5+) or ERR-1.4.1 (v2.3/2.4), all ERR segments
+    # the error condition codes, from the most specific place that has any: ERR-3.1 (v2.5+),
+    # else ERR-1.4.1 (v2.3/2.4), else MSA-6.1 (before ERR existed); warnings are left out
+    error_codes: tuple[str, ...] = ()
     error_text: str | None = None  # ERR-8/ERR-7 (else ERR-3.2, else MSA-3), unescaped, capped
+    # ERR segments were present and every one is ERR-4 W or I: the EHR filed the message
+    # and only has remarks (an AE so marked is a success)
+    warnings_only: bool = False
     parse_error: str | None = None  # why the reply could not be read (None when fine)
     message_type: str | None = None  # MSH-9 as sent, e.g. "ACK^S12^ACK"
     ack_control_id: str | None = None  # the ACK's own MSH-10
@@ -165,6 +171,9 @@ def parse_ack(reply: bytes | str, encoding: str = "utf-8") -> AckInfo:
         return AckInfo(None, None, parse_error=f"unparsable reply ({type(exc).__name__})")
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decode(data: bytes, encoding: str) -> str:
     try:
         return data.decode(encoding, "replace")
@@ -173,8 +182,13 @@ def _decode(data: bytes, encoding: str) -> str:
 
 
 def _parse_ack(reply: bytes | str, encoding: str) -> AckInfo:
-    text = _decode(reply, encoding) if isinstance(reply, bytes) else reply
-    text = text.strip("\x0b\x1c\r\n \t\x00")
+    if isinstance(reply, bytes):
+        if reply.startswith(_BOM):  # some EHRs put a UTF-8 byte order mark before MSH
+            reply = reply[len(_BOM):]
+        text = _decode(reply, encoding)
+    else:
+        text = reply
+    text = text.strip("\x0b\x1c\r\n \t\x00\ufeff")
     if not text:
         return AckInfo(None, None, parse_error="empty reply")
     segs = _segments(text)
@@ -206,30 +220,43 @@ def _parse_ack(reply: bytes | str, encoding: str) -> AckInfo:
     raw_code = _field(msa, 1).strip().upper()
     control_id = _field(msa, 2).strip() or None
     msa_text = _cap(unescape(_field(msa, 3), d))
-    codes: list[str] = []
+    # where the error condition is, most specific first: ERR-3 (v2.5+), ERR-1.4 (v2.3/2.4),
+    # MSA-6 (v2.1-2.4, before ERR). When they disagree the most specific present wins
+    err3_codes: list[str] = []
+    eld_codes: list[str] = []
     texts: list[str] = []
+    severities: list[str] = []
     for err in errs:
+        severity = _field(err, 4).split(d.component, 1)[0].strip().upper()
+        severities.append(severity)
+        remark = severity in _REMARKS
         err3 = _field(err, 3)
         if err3:
-            for rep in err3.split(d.repetition):
-                comps = rep.split(d.component)
-                if comps[0].strip():
-                    codes.append(unescape(comps[0].strip(), d))
+            if not remark:
+                for rep in err3.split(d.repetition):
+                    comps = rep.split(d.component)
+                    if comps[0].strip():
+                        err3_codes.append(unescape(comps[0].strip(), d))
             # ERR-8 (user message) then ERR-7 (diagnostics); the table text only if neither
             given = [t for t in (_field(err, 8), _field(err, 7)) if t.strip()]
             if not given:
                 given = [_field(rep.split(d.component), 1) for rep in err3.split(d.repetition)]
             texts.extend(unescape(t, d) for t in given if t.strip())
-        else:
-            # v2.3/2.4: ERR-1 ELD = segment^sequence^field^code&text&table, repeating
-            for rep in _field(err, 1).split(d.repetition):
-                comps = rep.split(d.component)
-                if len(comps) >= 4 and comps[3]:
-                    sub = comps[3].split(d.subcomponent)
-                    if sub[0].strip():
-                        codes.append(unescape(sub[0].strip(), d))
-                    if len(sub) > 1 and sub[1].strip():
-                        texts.append(unescape(sub[1], d))
+        # v2.3/2.4: ERR-1 ELD = segment^sequence^field^code&text&table, repeating
+        for rep in _field(err, 1).split(d.repetition):
+            comps = rep.split(d.component)
+            if len(comps) >= 4 and comps[3]:
+                sub = comps[3].split(d.subcomponent)
+                if sub[0].strip() and not remark:
+                    eld_codes.append(unescape(sub[0].strip(), d))
+                if not err3 and len(sub) > 1 and sub[1].strip():
+                    texts.append(unescape(sub[1], d))
+    msa6 = _field(msa, 6).split(d.component)
+    msa6_code = unescape(msa6[0].strip(), d)
+    if msa6_code and not texts and len(msa6) > 1 and msa6[1].strip() and not msa_text:
+        texts.append(unescape(msa6[1], d))
+    codes = err3_codes or eld_codes or ([msa6_code] if msa6_code else [])
+    warnings_only = bool(severities) and all(s in _REMARKS for s in severities)
     error_text = _cap("; ".join(dict.fromkeys(texts))) if texts else msa_text
     parse_error: str | None = None
     code: str | None = raw_code
@@ -243,6 +270,7 @@ def _parse_ack(reply: bytes | str, encoding: str) -> AckInfo:
         text=msa_text,
         error_codes=tuple(c[:20] for c in codes[:10]),
         error_text=error_text,
+        warnings_only=warnings_only,
         parse_error=parse_error,
         message_type=message_type,
         ack_control_id=ack_control_id,
