@@ -198,3 +198,30 @@ async def test_ack_with_a_byte_order_mark_and_lf_line_ends(
         assert counts.get("messages_queued", 0) == 0 and counts.get("messages_dead", 0) == 0
         rows = await acked(eng, "ehr-main")
         assert rows and set(sends_per_control_id(tmp_path / "main.jsonl").values()) == {1}
+
+
+# ------------------------------------------------------------------ defect: 205 never sent
+
+
+async def test_duplicate_key_for_a_message_never_sent_is_not_delivered(
+        tmp_path: Path, store_url: str | None) -> None:
+    """Failed connects claim and release a message without sending it. When the EHR then
+    answers its first send with AE 205 (duplicate key), that is a real conflict (another
+    system filed the key), not "the EHR has it": a dead letter."""
+    from engine.sim.ehr import run_sim, stop_sim
+
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=fast_channels(tmp_path),
+                              start_sims=False) as eng:
+        await one_visit(eng)
+        failed = eng.engine.metrics.reconnects.labels("ehr-main", "failed")
+        await eventually(lambda: failed._value.get() >= 3)  # claimed and released, unsent
+        ports = eng.sims["ports"]
+        main = await run_sim("127.0.0.1", ports["main"],
+                             SimPolicy(ae_every=1, ae_error_code="205"), tmp_path / "main.jsonl")
+        try:
+            [letter] = await eventually(lambda: dead_at(eng, "ehr-main"), timeout=10)
+            assert await acked(eng, "ehr-main") == []
+            msg = await eng.store.message(letter["id"])
+            assert len(msg["attempt_log"]) == 1 and "205" in msg["error"]
+        finally:
+            await stop_sim(main)

@@ -283,11 +283,12 @@ class DestinationWorker:
     ) -> tuple[AttemptRecord | None, MLLPConnection | None]:
         """Send one message; return its outcome (None: it did not go out) and the
         connection, or None if it is gone."""
-        is_resend = msg.claims > 1 or msg.attempts > 0
-        if is_resend:
+        is_resend = False  # did these bytes go out before? (a duplicate key then = delivered)
+        if msg.claims > 1 or msg.attempts > 0:
             again = await self._sent_before(msg)
             if again is not None:
                 self.metrics.messages.labels(msg.channel, self.name, msg.message_type, again).inc()
+            is_resend = again == "resent"
         current = msg.control_id.strip()
         kept: list[AckInfo] = []
 
@@ -360,16 +361,21 @@ class DestinationWorker:
             ids.popitem(last=False)
 
     async def _sent_before(self, msg: QueuedMessage) -> str | None:
-        """The metric outcome of sending a message claimed before: `resent` when its MSH-10
-        went out before, `reprocessed` when only other MSH-10s did (an operator's fix), None
-        when it never went out (its claim was released after a failed connect or a broken
-        batch; or a crash cut the record). attempts is 0 only then or after an operator's
-        action, so the attempt log is read on that rare path only."""
-        if msg.attempts > 0:
+        """Whether this message went out before: `resent` when its bytes did (an attempt
+        that wrote the frame is on record, or a claim ended in neither an outcome nor a
+        release: a crash that may have cut the record), `reprocessed` when only other
+        MSH-10s did (an operator's fix), None when it never went out. Failed connects and
+        broken batches release their claims, which then no longer count. attempts is 0
+        with claims > 1 only after a crash or an operator's action, so the attempt log is
+        read on that rare path only."""
+        if msg.attempts > 0:  # recorded since the last operator action: each wrote the frame
             return "resent"
         detail = await self.store.message(msg.id)
-        sent = {a["control_id"] for a in (detail or {}).get("attempt_log", ())}
+        log_rows = (detail or {}).get("attempt_log", ())
+        sent = {a["control_id"] for a in log_rows}
         if msg.control_id in sent:
+            return "resent"
+        if msg.claims - 1 > len(log_rows) and not sent:  # a lapsed claim: maybe written
             return "resent"
         return "reprocessed" if sent else None
 

@@ -457,8 +457,14 @@ class PostgresStore(PostgresInboundMixin):
         )
 
     async def release_claims(self, owner: str) -> None:
+        # a claim given back went unsent: it no longer counts as "maybe sent before" (a claim
+        # that lapses, when a node dies, still does)
         await self._p().execute(
-            "UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner = $1", pg_text(owner)
+            "WITH released AS (UPDATE lanes SET owner = NULL, lease_until = NULL"
+            " WHERE owner = $1 RETURNING head_id)"
+            " UPDATE outbound o SET claims = o.claims - 1 FROM released r"
+            " WHERE o.id = r.head_id",
+            pg_text(owner),
         )
 
     # ------------------------------------------------------------------ cluster

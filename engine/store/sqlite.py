@@ -303,11 +303,16 @@ class SQLiteStore(SQLiteInboundMixin):
         return await self._read(fn)
 
     async def release_claims(self, owner: str) -> None:
-        await self._call(
-            lambda c: c.execute(
-                "UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner = ?", (owner,)
-            )
-        )
+        def fn(c: sqlite3.Connection) -> None:
+            # a claim given back went unsent: it no longer counts as "maybe sent before"
+            # (a claim that lapses, in a crash, still does)
+            c.execute("UPDATE outbound SET claims = claims - 1 WHERE id IN"
+                      " (SELECT head_id FROM lanes WHERE owner = ? AND head_id IS NOT NULL)",
+                      (owner,))
+            c.execute("UPDATE lanes SET owner = NULL, lease_until = NULL WHERE owner = ?",
+                      (owner,))
+
+        await self._call(fn)
 
     async def release_all_claims(self) -> None:
         """Single node: whatever was in flight when we died is sent again, same MSH-10."""
