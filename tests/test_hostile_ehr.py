@@ -4,6 +4,7 @@ letter that holds its lane, never as a loop, a lost message or a message credite
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,74 @@ async def test_duplicate_key_for_a_message_never_sent_is_not_delivered(
             assert len(msg["attempt_log"]) == 1 and "205" in msg["error"]
         finally:
             await stop_sim(main)
+
+
+# ------------------------------------------------------------------ defect: stale lease check
+
+
+def refused_for_lease(eng: Running) -> float:
+    return sum(s.value for metric in eng.engine.metrics.messages.collect()
+               for s in metric.samples
+               if s.name.endswith("_total") and s.labels.get("outcome") == "lease_lost")
+
+
+async def test_a_node_stalled_in_a_store_read_does_not_send_on_a_lease_it_lost(
+        tmp_path: Path) -> None:
+    """The issue's reorder: the lease was checked, then a store read (the attempt log of a
+    message claimed before), then the send. Here that read really stalls (another session
+    holds a lock on the attempts table) until the lane's lease has lapsed and a second node
+    has claimed it. The stalled node must not send: the lease check comes after the last
+    store read, right before the write, and is in memory."""
+    import time
+
+    import asyncpg
+
+    from engine.store.postgres import PostgresStore
+    from tests.conftest import pg_schema
+
+    async with pg_schema() as url:
+        other = PostgresStore(url)
+        await other.open()
+        try:
+            channels = fast_channels(tmp_path, connection={"max_connections": 1})
+            async with running_engine(tmp_path, store_url=url, channels_dir=channels,
+                                      main_policy=SimPolicy(ae_every=1)) as eng:
+                await one_visit(eng)
+                [letter] = await eventually(lambda: dead_at(eng, "ehr-main"), timeout=10)
+                sim = simulator_of(eng.sims["main_server"])
+                sim.policy = SimPolicy()
+                sent_before = sim.received
+                locker = await asyncpg.connect(url)
+                try:
+                    tx = locker.transaction()
+                    await tx.start()
+                    await locker.execute("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
+                    assert await eng.store.resend(letter["id"], "analyst")
+
+                    async def stalled() -> bool:  # the engine waits on the lock
+                        return bool(await locker.fetchval(
+                            "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                            " AND relation = 'attempts'::regclass"))
+
+                    await eventually(stalled, timeout=10)
+                    lease_until = await locker.fetchval(
+                        "SELECT lease_until FROM lanes WHERE head_id = $1", letter["id"])
+                    assert lease_until is not None
+                    while time.time() <= lease_until:  # until the lease has lapsed
+                        await asyncio.sleep(0.05)
+                    taken = await other.claim_lane_heads("ehr-main", 10, "node-b/ehr-main/0/t",
+                                                         60, time.time())
+                    assert [m.id for m in taken] == [letter["id"]]
+                    await tx.rollback()
+                finally:
+                    await locker.close()
+                # the stalled node either sends (the defect) or refuses for its lease
+                await eventually(lambda: sim.received > sent_before or refused_for_lease(eng))
+                assert sim.received == sent_before, "sent on a lease another node holds"
+                # node B gives the lane back: the message then goes out once
+                await other.release_claims("node-b/ehr-main/0/t")
+                await eventually(lambda: acked(eng, "ehr-main"), timeout=10)
+                assert sum(1 for r in received(tmp_path / "main.jsonl")
+                           if r["msh10"] == letter["control_id"]) == 2  # the AE'd, the resend
+        finally:
+            await other.close()

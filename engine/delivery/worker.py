@@ -117,6 +117,7 @@ class DestinationWorker:
                 dest = self.destination()
                 lease = max(3.0, 3 * dest.connection.response_timeout_seconds)
                 now = time.time()
+                renewed = time.monotonic()  # before the round trip: the lease may start late
                 # max_connections holds for the whole cluster: hold a slot to send at all
                 if held is None:
                     held = await self.store.acquire_slot(
@@ -154,10 +155,12 @@ class DestinationWorker:
                         await self.store.release_claims(owner)
                         await sleep_or_stop(stop, reconnect.next())
                         continue
-                # fencing: stop sending early enough that a reply can still come in our lease
-                # (of the lanes and of the connection slot, renewed at `now`)
-                deadline = (min(claimed_at, now) + lease
-                            - 2 * dest.connection.response_timeout_seconds)
+                # the lease, in memory: held until renewal + TTL - a margin that is longer
+                # than any exchange (the write and its reply share one deadline, the response
+                # timeout), so no write starts or finishes on a lease another node may hold.
+                # Of the lanes and of the connection slot, from the older of the two
+                deadline = (min(claimed_at, renewed) + lease
+                            - _lease_margin(dest.connection.response_timeout_seconds))
 
                 def claim_ahead(lease: float = lease) -> None:
                     if not ahead and not stop.is_set():
@@ -188,9 +191,11 @@ class DestinationWorker:
                     await self.store.release_slot(self.name, held, owner)
 
     async def _claim(self, owner: str, lease: float) -> tuple[float, list[QueuedMessage]]:
-        now = time.time()
-        return now, await self.store.claim_lane_heads(self.name, self._claim_size(), owner,
-                                                      lease, now)
+        """The claimed lane heads, and when (monotonic, before the round trip) their lease
+        began."""
+        started, now = time.monotonic(), time.time()
+        return started, await self.store.claim_lane_heads(self.name, self._claim_size(), owner,
+                                                          lease, now)
 
     def _claim_size(self) -> int:
         if self._reply_seconds is None:  # nothing seen yet: one, and its reply decides
@@ -245,9 +250,9 @@ class DestinationWorker:
         reached = 0
         try:
             for msg in batch:
-                if stop.is_set() or conn is None or conn.closed or time.time() > deadline:
+                if stop.is_set() or conn is None or conn.closed or time.monotonic() > deadline:
                     break
-                record, conn = await self._attempt(conn, msg, dest)
+                record, conn = await self._attempt(conn, msg, dest, deadline)
                 if record is None:  # not sent: the caller releases it with the rest
                     if conn is None:
                         self._set_connected(slot, False)
@@ -279,10 +284,12 @@ class DestinationWorker:
         return conn, asyncio.gather(*(task for task, _ in committing)), reached == len(batch)
 
     async def _attempt(
-        self, conn: MLLPConnection, msg: QueuedMessage, dest: Destination
+        self, conn: MLLPConnection, msg: QueuedMessage, dest: Destination,
+        lease_until: float = float("inf"),
     ) -> tuple[AttemptRecord | None, MLLPConnection | None]:
         """Send one message; return its outcome (None: it did not go out) and the
-        connection, or None if it is gone."""
+        connection, or None if it is gone. `lease_until` (monotonic) is when this node
+        must consider its lease of the lane lost."""
         is_resend = False  # did these bytes go out before? (a duplicate key then = delivered)
         if msg.claims > 1 or msg.attempts > 0:
             again = await self._sent_before(msg)
@@ -306,9 +313,18 @@ class DestinationWorker:
             kept.append(info)
             return False
 
+        # the lease is checked here, after the last store read and with no await before the
+        # write: a node stalled anywhere before this point finds its lease lost and does not
+        # send (another node may hold the lane by now)
+        if time.monotonic() >= lease_until:
+            self.metrics.messages.labels(msg.channel, self.name, msg.message_type,
+                                         "lease_lost").inc()
+            log.warning("lease lost before sending; not sent", extra=_ids(msg, self.name))
+            return None, conn
         sent_at = time.perf_counter()
         try:
-            reply = await conn.send(msg.payload, stale=stale)
+            reply = await conn.send(msg.payload, stale=stale,
+                                    timeout=dest.connection.response_timeout_seconds)
         except PeerClosed as exc:
             self.metrics.reconnects.labels(self.name, "peer_closed").inc()
             if not exc.sent:
@@ -450,6 +466,12 @@ class DestinationWorker:
         (self._connected.add if up else self._connected.discard)(slot)
         self.metrics.connections.labels(self.name).set(len(self._connected))
         self.status["connections"] = len(self._connected)
+
+
+def _lease_margin(response_timeout: float) -> float:
+    """How long before its lease runs out a node stops starting sends: longer than an
+    exchange (the client bounds the write and the reply together by the response timeout)."""
+    return 2 * response_timeout
 
 
 def _ids(msg: QueuedMessage, destination: str) -> dict[str, object]:
