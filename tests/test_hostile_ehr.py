@@ -297,3 +297,45 @@ async def test_a_node_stalled_in_a_store_read_does_not_send_on_a_lease_it_lost(
                            if r["msh10"] == letter["control_id"]) == 2  # the AE'd, the resend
         finally:
             await other.close()
+
+
+# ------------------------------------------------------------------ defect: writes without a deadline
+
+
+async def _send_big_to(policy: SimPolicy, size: int) -> tuple[type[BaseException], float]:
+    from engine.connection import ConnectionSettings
+    from engine.mllp.client import open_connection
+    from engine.sim.ehr import run_sim, stop_sim
+
+    server = await run_sim("127.0.0.1", 0, policy)
+    port = server.sockets[0].getsockname()[1]
+    settings = ConnectionSettings(response_timeout_seconds=0.5, connect_timeout_seconds=1)
+    loop = asyncio.get_running_loop()
+    try:
+        conn = await open_connection("127.0.0.1", port, settings)
+        started = loop.time()
+        try:
+            async with asyncio.timeout(10):  # far past the deadline: the defect
+                await conn.send(b"MSH|^~\\&|A|B|C|D|20250101||SIU^S12|BIG-1|P|2.5.1\r"
+                                + b"NTE|1||" + b"x" * size + b"\r")
+        except BaseException as exc:  # noqa: BLE001
+            return type(exc), loop.time() - started
+        finally:
+            await conn.close()
+        raise AssertionError("a peer that does not read answered")
+    finally:
+        await stop_sim(server)
+
+
+async def test_a_large_frame_to_a_peer_that_never_reads_times_out_within_the_deadline() -> None:
+    from engine.mllp.errors import ResponseTimeout
+
+    kind, took = await _send_big_to(SimPolicy(never_read=True), 32_000_000)
+    assert kind is ResponseTimeout and took < 2.0, (kind, took)
+
+
+async def test_a_large_frame_to_a_peer_reading_a_byte_a_second_times_out() -> None:
+    from engine.mllp.errors import ResponseTimeout
+
+    kind, took = await _send_big_to(SimPolicy(read_bytes_per_second=1), 32_000_000)
+    assert kind is ResponseTimeout and took < 2.0, (kind, took)
