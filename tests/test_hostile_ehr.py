@@ -8,6 +8,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.sim.bookings import StoryTeller
 from engine.sim.ehr import SimPolicy, simulator_of
 from tests.engine_harness import Running, eventually, running_engine
@@ -38,8 +40,9 @@ async def messages_to(eng: Running, destination: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ defect: hang-up loop
 
 
+@pytest.mark.parametrize("hang_up", [{"close_after_read": True}, {"close_mid_ack": True}])
 async def test_ehr_that_hangs_up_on_every_message_gets_a_dead_letter_not_a_loop(
-        tmp_path: Path, store_url: str | None) -> None:
+        tmp_path: Path, store_url: str | None, hang_up: dict[str, bool]) -> None:
     """An EHR that closes the connection on every message: the attempts stay within the
     message's budget, spaced by the back-off; the message ends as a dead letter holding its
     lane, and the EHR is not contacted for it again."""
@@ -47,7 +50,7 @@ async def test_ehr_that_hangs_up_on_every_message_gets_a_dead_letter_not_a_loop(
     channels = fast_channels(tmp_path, retry={"max_attempts": budget, "initial_seconds": 0.1,
                                               "max_seconds": 0.2, "jitter": 0.0})
     async with running_engine(tmp_path, store_url=store_url, channels_dir=channels,
-                              main_policy=SimPolicy(close_after_read=True)) as eng:
+                              main_policy=SimPolicy(**hang_up)) as eng:
         await one_visit(eng)
         sim = simulator_of(eng.sims["main_server"])
 
@@ -339,3 +342,28 @@ async def test_a_large_frame_to_a_peer_reading_a_byte_a_second_times_out() -> No
 
     kind, took = await _send_big_to(SimPolicy(read_bytes_per_second=1), 32_000_000)
     assert kind is ResponseTimeout and took < 2.0, (kind, took)
+
+
+async def test_ehr_that_accepts_and_resets_is_not_reconnected_in_a_loop(
+        tmp_path: Path, store_url: str | None) -> None:
+    """Accept, then reset at once: whether the reset is seen before the write (nothing sent,
+    no attempt) or after it (an attempt), reconnects follow the back-off and attempts the
+    budget; when the EHR behaves again the message goes out."""
+    budget = 3
+    channels = fast_channels(tmp_path, retry={"max_attempts": budget})
+    async with running_engine(tmp_path, store_url=store_url, channels_dir=channels,
+                              main_policy=SimPolicy(accept_then_reset=True)) as eng:
+        await one_visit(eng)
+        sim = simulator_of(eng.sims["main_server"])
+
+        async def dead_or_many() -> bool:
+            return bool(await dead_at(eng, "ehr-main")) or sim.connections >= 8
+
+        await eventually(dead_or_many)
+        assert sim.connections < 50  # a tight loop makes hundreds in one poll interval
+        msgs = await messages_to(eng, "ehr-main")
+        assert msgs and all(len(m["attempt_log"]) <= budget for m in msgs)
+        sim.policy = SimPolicy()
+        for letter in await dead_at(eng, "ehr-main"):  # the analyst sends it again
+            assert await eng.store.resend(letter["id"], "analyst")
+        await eventually(lambda: acked(eng, "ehr-main"), timeout=10)
