@@ -21,6 +21,7 @@ import weakref
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -338,13 +339,14 @@ class EhrSimulator:
         if p.accept_then_reset:
             _reset(writer)
             return
+        transport = cast(asyncio.Transport, writer.transport)
         if p.never_read:
-            writer.transport.pause_reading()  # what the kernel buffers, and no more
+            transport.pause_reading()  # what the kernel buffers, and no more
             await asyncio.Event().wait()  # until stopped
         source: asyncio.StreamReader | _SlowReader = reader
         if p.read_bytes_per_second:
-            writer.transport.pause_reading()
-            source = _SlowReader(reader, writer.transport, p.read_bytes_per_second)
+            transport.pause_reading()
+            source = _SlowReader(reader, transport, p.read_bytes_per_second)
         frames = FrameReader(source, p.max_frame_bytes)  # type: ignore[arg-type]
         while True:
             try:
@@ -416,7 +418,7 @@ class _SlowReader:
     """A reader that takes one byte per 1/rate seconds from the socket: the transport is
     paused and resumed for each byte, so the sender's data waits in the kernel buffers."""
 
-    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport,
+    def __init__(self, reader: asyncio.StreamReader, transport: asyncio.Transport,
                  rate: float) -> None:
         self._reader = reader
         self._transport = transport
@@ -425,8 +427,8 @@ class _SlowReader:
     async def read(self, n: int = -1) -> bytes:
         await asyncio.sleep(self._interval)
         if not self._reader._buffer and not self._reader.at_eof():  # type: ignore[attr-defined]
-            self._transport.resume_reading()  # type: ignore[attr-defined]
+            self._transport.resume_reading()
             data = await self._reader.read(1)
-            self._transport.pause_reading()  # type: ignore[attr-defined]
+            self._transport.pause_reading()
             return data
         return await self._reader.read(1)
