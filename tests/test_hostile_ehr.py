@@ -264,6 +264,7 @@ async def test_a_node_stalled_in_a_store_read_does_not_send_on_a_lease_it_lost(
                                       main_policy=SimPolicy(ae_every=1)) as eng:
                 await one_visit(eng)
                 [letter] = await eventually(lambda: dead_at(eng, "ehr-main"), timeout=10)
+                await eventually(lambda: acked(eng, "ehr-legacy"))  # nothing else in flight
                 sim = simulator_of(eng.sims["main_server"])
                 sim.policy = SimPolicy()
                 sent_before = sim.received
@@ -274,10 +275,13 @@ async def test_a_node_stalled_in_a_store_read_does_not_send_on_a_lease_it_lost(
                     await locker.execute("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
                     assert await eng.store.resend(letter["id"], "analyst")
 
-                    async def stalled() -> bool:  # the engine waits on the lock
+                    async def stalled() -> bool:  # the engine claimed it, reads, waits
                         return bool(await locker.fetchval(
                             "SELECT count(*) FROM pg_locks WHERE NOT granted"
-                            " AND relation = 'attempts'::regclass"))
+                            " AND relation = 'attempts'::regclass")
+                            and await locker.fetchval(
+                                "SELECT owner IS NOT NULL FROM lanes WHERE head_id = $1",
+                                letter["id"]))
 
                     await eventually(stalled, timeout=10)
                     lease_until = await locker.fetchval(
