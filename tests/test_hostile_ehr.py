@@ -268,12 +268,15 @@ async def test_a_node_stalled_in_a_store_read_does_not_send_on_a_lease_it_lost(
                 sim = simulator_of(eng.sims["main_server"])
                 sim.policy = SimPolicy()
                 sent_before = sim.received
+                # the analyst's resend, held back (paused) until the lock is in place
+                await eng.store.set_channel_paused("family-medicine", True, "test")
+                assert await eng.store.resend(letter["id"], "analyst")
                 locker = await asyncpg.connect(url)
                 try:
                     tx = locker.transaction()
                     await tx.start()
                     await locker.execute("LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
-                    assert await eng.store.resend(letter["id"], "analyst")
+                    await eng.store.set_channel_paused("family-medicine", False, "test")
 
                     async def stalled() -> bool:  # the engine claimed it, reads, waits
                         return bool(await locker.fetchval(
