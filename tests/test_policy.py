@@ -188,7 +188,9 @@ def _w(code: str, *errs: str, warnings_only: bool = False) -> AckInfo:
         (_w("AR", warnings_only=True), False, R),  # a reject is a reject
     ],
 )
-def test_warnings_and_reject_duplicate_key(info: AckInfo, is_resend: bool, expected: Outcome) -> None:
+def test_warnings_and_reject_duplicate_key(
+    info: AckInfo, is_resend: bool, expected: Outcome
+) -> None:
     assert classify(info, sent_control_id=SENT, is_resend=is_resend,
                     policy=AckPolicy()).outcome == expected
 

@@ -274,7 +274,8 @@ async def sim_port(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[int]
     servers: list[asyncio.Server] = []
 
     async def _start(**policy: object) -> int:
-        server = await run_sim("127.0.0.1", 0, SimPolicy(**policy), tmp_path / "raw.jsonl")  # type: ignore[arg-type]
+        sim_policy = SimPolicy(**policy)  # type: ignore[arg-type]
+        server = await run_sim("127.0.0.1", 0, sim_policy, tmp_path / "raw.jsonl")
         servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -283,7 +284,8 @@ async def sim_port(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[int]
         await stop_sim(s)
 
 
-async def test_duplicate_ack_sends_the_same_ack_twice(sim_port: Callable[..., Awaitable[int]]) -> None:
+async def test_duplicate_ack_sends_the_same_ack_twice(
+        sim_port: Callable[..., Awaitable[int]]) -> None:
     first, second = await raw_exchange(await sim_port(duplicate_ack=True), msg("D-1"), frames=2)
     assert first == second and parse_ack(first or b"").control_id == "D-1"
 
