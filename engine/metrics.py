@@ -119,6 +119,10 @@ class Metrics:
             "calhl7_listener_messages_total", "Inbound MLLP messages by outcome",
             ["outcome"], registry=r,
         )
+        self.listener_reused_ids = Counter(
+            "calhl7_listener_reused_control_ids_total", "Inbound SIU stored as new although "
+            "their sender had used the MSH-10 before for other content", ["channel"], registry=r,
+        )
         self.calcom_calls = Counter(
             "calhl7_calcom_api_calls_total", "Cal.com API v2 calls by outcome",
             ["endpoint", "outcome"], registry=r,

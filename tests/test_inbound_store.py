@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.store.inbound_records import HeldBlock, InboundMessage, JobOutcome, UidRecord
-
+from engine.store.migrations import load_migrations
+from tests.conftest import STORE_KINDS
 
 # the `store` fixture of conftest.py: both implementations, a fresh store each
 
@@ -89,3 +92,98 @@ async def test_concurrent_accepts_share_commits_and_dedupe_within_a_batch(store:
     assert all(len(ids) == 1 for ids in by_control.values())
     counts = await store.inbound_counts()
     assert counts["inbound_messages"] == 40 and counts["inbound_jobs_queued"] == 40
+
+
+async def test_a_reused_control_id_is_a_resend_only_when_the_content_matches(store: Any) -> None:
+    body = b"MSH|^~\\&|EHR|FAC|||20250101000000||SIU^S12|C9|P|2.5.1\rSCH|A9^EHR\r"
+    first = await store.accept_inbound(InboundMessage(
+        "ch", "EHR|FAC", "C9", "S12", "A9", body, time.time(), job_params={"action": "create"}))
+    # resent with a new MSH-7: the same message
+    again = await store.accept_inbound(InboundMessage(
+        "ch", "EHR|FAC", "C9", "S12", "A9", body.replace(b"20250101000000", b"20260101"),
+        time.time(), job_params={"action": "create"}))
+    assert again.duplicate and again.message_id == first.message_id and not again.reused_id
+    # the same MSH-10 for other content: a new message, and said to be one
+    other = await store.accept_inbound(InboundMessage(
+        "ch", "EHR|FAC", "C9", "S15", "B7", body.replace(b"A9^", b"B7^"), time.time(),
+        job_params={"action": "cancel"}))
+    assert not other.duplicate and other.reused_id and other.message_id != first.message_id
+    # that one resent is its own duplicate
+    other_again = await store.accept_inbound(InboundMessage(
+        "ch", "EHR|FAC", "C9", "S15", "B7", body.replace(b"A9^", b"B7^"), time.time(),
+        job_params={"action": "cancel"}))
+    assert other_again.duplicate and other_again.message_id == other.message_id
+    counts = await store.inbound_counts()
+    assert counts["inbound_messages"] == 2 and counts["inbound_jobs_queued"] == 2
+
+
+_OLD_ROW = ("ch", "EHR|FAC", "OLD1", "S12", "A1", b"MSH|^~\\&|EHR|FAC", "AA", 1.0)
+
+
+async def _store_before_digests(kind: str, tmp_path: Path) -> Any:
+    """A store at the schema before content digests, holding one message and its job."""
+    if kind == "sqlite":
+        from engine.store.sqlite import SQLiteStore, _statements
+
+        path = tmp_path / "old.sqlite3"
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+        for version, sql in load_migrations("sqlite"):
+            if version < 5:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?)", (version,))
+        conn.execute("INSERT INTO inbound_messages (channel, sender, control_id, trigger,"
+                     " ehr_appointment_id, payload, ack_code, received_at)"
+                     " VALUES (?,?,?,?,?,?,?,?)", _OLD_ROW)
+        conn.execute("INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id,"
+                     " trigger, params, status, created_at) VALUES (1,'ch','A1','S12','{}',"
+                     "'queued',1.0)")
+        conn.close()
+        return SQLiteStore(path)
+    import asyncpg
+
+    from engine.store.postgres import PostgresStore
+    from tests.conftest import PG_URL, _create_schema, _url
+
+    schema = await _create_schema()
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'SET search_path = "{schema}"')
+        await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                           " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        for version, sql in load_migrations("postgres"):
+            if version < 5:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)",
+                                   version)
+        await conn.execute("INSERT INTO inbound_messages (channel, sender, control_id, trigger,"
+                           " ehr_appointment_id, payload, ack_code, received_at)"
+                           " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)", *_OLD_ROW)
+        await conn.execute("INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id,"
+                           " trigger, params, status, created_at) VALUES (1,'ch','A1','S12',"
+                           "'{}','queued',1.0)")
+    finally:
+        await conn.close()
+    return PostgresStore(_url(schema))
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+async def test_messages_stored_before_digests_keep_the_old_rule(kind: str, tmp_path: Path) -> None:
+    store = await _store_before_digests(kind, tmp_path)
+    await store.open()
+    try:
+        # the row from before has no digest: any repeat of its MSH-10 stays a resend
+        again = await store.accept_inbound(InboundMessage(
+            "ch", "EHR|FAC", "OLD1", "S12", "A1", b"MSH|^~\\&|EHR|FAC|other", time.time(),
+            job_params={"action": "create"}))
+        assert again.duplicate and again.message_id == 1
+        new = await store.accept_inbound(msg("NEW1", "A2"))
+        assert not new.duplicate and not new.reused_id
+        jobs = await store.inbound_jobs(None, 10)
+        # the old job still joins its message
+        assert sorted((j["control_id"], j["ehr_appointment_id"]) for j in jobs) == [
+            ("NEW1", "A2"), ("OLD1", "A1")]
+    finally:
+        await store.close()

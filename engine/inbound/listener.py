@@ -8,7 +8,9 @@ Per frame, in order:
 4. MSH-10 present; body decodes in the channel's charset; SCH-1/2 appointment id, times (for
    S12/S13/S14) and a provider we map (AIP-3.1 / SCH-16.1) -> else AE (ERR-3 101/102/204).
 5. The message and its Cal.com job are committed in one grouped transaction; then AA with
-   MSA-2 = MSH-10. A resend of the same (sender, MSH-10) gets the same AA and no second job.
+   MSA-2 = MSH-10. A resend (same sender, MSH-10 and content, MSH-7 aside) gets the same AA
+   and no second job; the same MSH-10 with other content is a new message (stored, AA,
+   counted and logged as a reused control id).
    A store failure answers AR 207 (a passing condition: the EHR resends).
 An oversize frame is answered AE (the framing layer resyncs on the next frame) and the
 connection stays open. Nothing here closes a connection instead of answering.
@@ -209,6 +211,11 @@ class InboundHandler:
             if result.ack_code == "AA" and _standard(msh):
                 return self._fast_aa(msh, "duplicate")
             return self._ack(frame, result.ack_code, "duplicate")
+        if result.reused_id:
+            # the EHR's counter wrapped or was reset: stored as its own message
+            self.metrics.listener_reused_ids.labels(channel.name).inc()
+            log.warning("inbound control id reused", extra={
+                "channel": channel.name, "control_id": msh.control_id, "trigger": msh.trigger})
         if params is not None:
             self.on_accepted()
         if _standard(msh):

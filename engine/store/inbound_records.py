@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,22 @@ JOB_DEAD = "dead"
 BLOCK_ACCEPTED = "accepted"
 BLOCK_PENDING = "pending"
 BLOCK_CANCELLED = "cancelled"
+
+
+def content_digest(payload: bytes) -> str:
+    """What makes two SIU with one MSH-10 the same message: the bytes, with MSH-7 (some
+    senders stamp it anew on a resend) blanked and line ends made CR."""
+    body = payload.strip(b"\x0b\x1c\x00 \t\r\n")
+    if b"\n" in body:
+        body = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    end = body.find(b"\r")
+    msh, rest = (body, b"") if end < 0 else (body[:end], body[end:])
+    if msh.startswith(b"MSH") and len(msh) > 3:
+        parts = msh.split(msh[3:4], 7)  # parts[6] is MSH-7
+        if len(parts) > 6:
+            parts[6] = b""
+            msh = msh[3:4].join(parts)
+    return hashlib.sha256(msh + rest).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +51,8 @@ class InboundAccept:
     message_id: int
     duplicate: bool
     ack_code: str  # what we answered the first time
+    # stored as new although this sender already used its MSH-10 for other content
+    reused_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 Uses the store's asyncpg pool (`self._p()`, `self._tx(fn)`). Several nodes may run inbound
 workers on one database: job heads are claimed with `FOR UPDATE SKIP LOCKED` and a lease, and
 an outcome only counts while the job's lease number is the one the worker claimed (a node
-whose lease lapsed decides nothing). Tables: sql/postgres/0002_inbound.sql.
+whose lease lapsed decides nothing). Tables: sql/postgres/0002_inbound.sql, and 0005 (the
+content digest that tells a resend from a reused MSH-10).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from engine.store.inbound_records import (
     InboundJob,
     InboundMessage,
     JobOutcome,
+    content_digest,
 )
 from engine.store.postgres_common import audit_operator, pg_text
 
@@ -41,6 +43,27 @@ RETURNING j.id, j.message_id, j.channel, j.ehr_appointment_id, j.trigger, j.para
           j.attempts, j.lease
 """
 
+# One round trip: a resend (same sender, MSH-10 and content digest, or a row from before
+# digests) is answered from the row we have; anything else is stored, and `earlier` says
+# whether the sender had already used this MSH-10 for other content.
+_ACCEPT = """
+WITH earlier AS (
+    SELECT id, ack_code, digest FROM inbound_messages WHERE sender = $2 AND control_id = $3
+), same AS (
+    SELECT id, ack_code FROM earlier WHERE digest = $9 OR digest IS NULL ORDER BY id LIMIT 1
+), ins AS (
+    INSERT INTO inbound_messages (channel, sender, control_id, trigger, ehr_appointment_id,
+                                  payload, ack_code, received_at, digest)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bytea, $7::text, $8::float8,
+           $9::text
+    WHERE NOT EXISTS (SELECT 1 FROM same)
+    ON CONFLICT (sender, control_id, digest) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT id FROM ins), (SELECT id FROM same), (SELECT ack_code FROM same),
+       (SELECT count(*) FROM earlier)
+"""
+
 _HELD = ("SELECT current_uid, status, start_at, end_at, provider_id, event_type_id"
          " FROM inbound_blocks WHERE channel = $1 AND ehr_appointment_id = $2")
 
@@ -51,29 +74,25 @@ class PostgresInboundMixin:
 
     # ------------------------------------------------------------------ listener
     async def accept_inbound(self, msg: InboundMessage) -> InboundAccept:
+        digest = content_digest(msg.payload)
+
         async def fn(conn: Any) -> InboundAccept:
             row = await conn.fetchrow(
-                "INSERT INTO inbound_messages (channel, sender, control_id, trigger,"
-                " ehr_appointment_id, payload, ack_code, received_at)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
-                " ON CONFLICT (sender, control_id) DO NOTHING RETURNING id",
-                msg.channel, pg_text(msg.sender), pg_text(msg.control_id), pg_text(msg.trigger),
-                pg_text(msg.ehr_appointment_id), msg.payload, msg.ack_code, msg.received_at,
-            )
-            if row is None:
-                dup = await conn.fetchrow(
-                    "SELECT id, ack_code FROM inbound_messages WHERE sender = $1"
-                    " AND control_id = $2", pg_text(msg.sender), pg_text(msg.control_id))
-                if dup is None:  # the other insert has not committed yet: ask again
+                _ACCEPT, msg.channel, pg_text(msg.sender), pg_text(msg.control_id),
+                pg_text(msg.trigger), pg_text(msg.ehr_appointment_id), msg.payload,
+                msg.ack_code, msg.received_at, digest)
+            new_id, same_id, same_ack, earlier = row
+            if new_id is None:
+                if same_id is None:  # the same message from another node, not committed yet
                     raise _Retry()
-                return InboundAccept(dup[0], True, dup[1])
+                return InboundAccept(same_id, True, same_ack)
             if msg.job_params is not None:
                 await conn.execute(
                     "INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id, trigger,"
                     " params, status, created_at) VALUES ($1,$2,$3,$4,$5,'queued',$6)",
-                    row[0], msg.channel, pg_text(msg.ehr_appointment_id), pg_text(msg.trigger),
+                    new_id, msg.channel, pg_text(msg.ehr_appointment_id), pg_text(msg.trigger),
                     _J(msg.job_params), msg.received_at)
-            return InboundAccept(row[0], False, msg.ack_code)
+            return InboundAccept(new_id, False, msg.ack_code, reused_id=earlier > 0)
 
         for _ in range(20):
             try:

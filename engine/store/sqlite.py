@@ -595,18 +595,26 @@ def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
     done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-    for version, sql in load_migrations("sqlite"):
-        if version in done:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _statements(sql):
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
+    # foreign keys off while migrating, so a migration may rebuild a referenced table (SQLite
+    # cannot drop a UNIQUE clause); they are checked before each commit instead
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for version, sql in load_migrations("sqlite"):
+            if version in done:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise RuntimeError(f"store migration {version} breaks a foreign key")
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _statements(sql: str) -> list[str]:

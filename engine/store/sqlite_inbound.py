@@ -2,7 +2,8 @@
 
 Every method runs on the store's writer thread through `self._call(fn)`, so an inbound SIU is
 group-committed with whatever else is waiting (webhooks, outcomes): one fsync for a burst.
-Tables: sql/sqlite/0002_inbound.sql.
+Tables: sql/sqlite/0002_inbound.sql, and 0005 (the content digest that tells a resend from a
+reused MSH-10).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from engine.store.inbound_records import (
     InboundJob,
     InboundMessage,
     JobOutcome,
+    content_digest,
 )
 from engine.store.sqlite_common import audit_operator
 
@@ -40,9 +42,10 @@ class SQLiteInboundMixin:
         batch is being committed (its fsync), every message that arrives waits for the next
         one, so N senders share one fsync instead of alternating small and large groups."""
         params = _J(msg.job_params) if msg.job_params is not None else None  # off the writer
+        digest = content_digest(msg.payload)
         fut: asyncio.Future[InboundAccept] = asyncio.get_running_loop().create_future()
         state = self.__dict__.setdefault("_inbound_batch", {"pending": [], "flushing": False})
-        state["pending"].append((msg, params, fut))
+        state["pending"].append((msg, params, digest, fut))
         if not state["flushing"]:
             state["flushing"] = True
             asyncio.ensure_future(self._inbound_flush(state))
@@ -65,10 +68,10 @@ class SQLiteInboundMixin:
 
                 def fn(conn: sqlite3.Connection, batch: list[Any] = batch) -> list[Any]:
                     out: list[Any] = []
-                    for msg, params, _ in batch:
+                    for msg, params, digest, _ in batch:
                         conn.execute("SAVEPOINT inbound")
                         try:
-                            out.append((True, _accept_one(conn, msg, params)))
+                            out.append((True, _accept_one(conn, msg, params, digest)))
                         except Exception as exc:  # noqa: BLE001 - that message only
                             conn.execute("ROLLBACK TO inbound")
                             out.append((False, exc))
@@ -79,7 +82,7 @@ class SQLiteInboundMixin:
                     results = await self._call(fn, urgent=True)
                 except Exception as exc:  # noqa: BLE001 - the commit failed: nobody is stored
                     results = [(False, exc)] * len(batch)
-                for (_, _, fut), (ok, value) in zip(batch, results, strict=True):
+                for (_, _, _, fut), (ok, value) in zip(batch, results, strict=True):
                     if fut.done():
                         continue
                     if ok:
@@ -254,20 +257,22 @@ class SQLiteInboundMixin:
         ))
 
 
-def _accept_one(conn: sqlite3.Connection, msg: InboundMessage, params: str | None) -> InboundAccept:
+def _accept_one(conn: sqlite3.Connection, msg: InboundMessage, params: str | None,
+                digest: str) -> InboundAccept:
+    earlier = conn.execute(
+        "SELECT id, ack_code, digest FROM inbound_messages WHERE sender = ? AND control_id = ?"
+        " ORDER BY id", (msg.sender, msg.control_id),
+    ).fetchall()
+    for mid, ack_code, seen in earlier:
+        if seen is None or seen == digest:  # NULL: stored before digests, the old rule
+            return InboundAccept(mid, True, ack_code)
     cur = conn.execute(
         "INSERT INTO inbound_messages (channel, sender, control_id, trigger,"
-        " ehr_appointment_id, payload, ack_code, received_at) VALUES (?,?,?,?,?,?,?,?)"
-        " ON CONFLICT (sender, control_id) DO NOTHING",
+        " ehr_appointment_id, payload, ack_code, received_at, digest)"
+        " VALUES (?,?,?,?,?,?,?,?,?)",
         (msg.channel, msg.sender, msg.control_id, msg.trigger, msg.ehr_appointment_id,
-         msg.payload, msg.ack_code, msg.received_at),
+         msg.payload, msg.ack_code, msg.received_at, digest),
     )
-    if cur.rowcount != 1:
-        row = conn.execute(
-            "SELECT id, ack_code FROM inbound_messages WHERE sender = ? AND control_id = ?",
-            (msg.sender, msg.control_id),
-        ).fetchone()
-        return InboundAccept(row[0], True, row[1])
     message_id = cur.lastrowid or 0
     if params is not None:
         conn.execute(
@@ -276,7 +281,7 @@ def _accept_one(conn: sqlite3.Connection, msg: InboundMessage, params: str | Non
             (message_id, msg.channel, msg.ehr_appointment_id, msg.trigger, params,
              msg.received_at),
         )
-    return InboundAccept(message_id, False, msg.ack_code)
+    return InboundAccept(message_id, False, msg.ack_code, reused_id=bool(earlier))
 
 
 def _held(conn: sqlite3.Connection, channel: str, appt: str) -> HeldBlock | None:
