@@ -72,6 +72,7 @@ class EngineSettings:
     mllp_tls_client_ca: str | None = None  # set: EHRs must present a certificate it signed
     mllp_max_frame_bytes: int = 1_048_576
     mllp_idle_timeout_seconds: float = 300.0
+    mllp_processing_ids: tuple[str, ...] = ("P",)  # MSH-11 values taken; others get AR 202
     reconcile_interval_seconds: float = 300.0  # 0: off; needs CALHL7_CALCOM_API_KEY
     heartbeat_seconds: float = 5.0
 
@@ -249,6 +250,7 @@ class Engine:
                 ssl=self._mllp_ssl(), max_frame_bytes=self.settings.mllp_max_frame_bytes,
                 idle_timeout=self.settings.mllp_idle_timeout_seconds,
                 on_accepted=inbound_worker.wake.set if inbound_worker else None,
+                processing_ids=self.settings.mllp_processing_ids,
             )
             self.mllp_port = listener.sockets[0].getsockname()[1]
         for source in self.settings.secrets:

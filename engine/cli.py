@@ -93,6 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings.mllp_tls_cert, settings.mllp_tls_key = args.mllp_tls_cert, args.mllp_tls_key
         settings.mllp_tls_client_ca = args.mllp_tls_client_ca
         settings.mllp_max_frame_bytes = args.mllp_max_frame_bytes
+        settings.mllp_processing_ids = tuple(
+            v.strip().upper() for v in args.mllp_processing_ids.split(",") if v.strip())
     from engine.channels.config import ConfigError
     from engine.store.lock import StoreInUse
 
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require EHR client certificates signed by this CA")
     p.add_argument("--mllp-max-frame-bytes", type=int,
                    default=int(_env("MLLP_MAX_FRAME_BYTES", "1048576")))
+    p.add_argument("--mllp-processing-ids", default=_env("MLLP_PROCESSING_IDS", "P"),
+                   help="MSH-11 values the listener takes, comma-separated (default P: a test "
+                        "system's T messages get AR 202); a test engine says T")
     p.add_argument("--reconcile-interval", type=float,
                    default=float(_env("RECONCILE_INTERVAL", "300")),
                    help="seconds between Cal.com reconciliation runs (0: off; needs "

@@ -4,14 +4,20 @@ reused control ids, test-system messages, v2.7 encoding characters, other charse
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 
+from engine.hl7.ack import parse_ack
+from engine.inbound.listener import start_listener
+from engine.mllp.framing import frame
+from engine.mllp.server import shutdown
 from tests.test_inbound import (
     CHANNEL,
     Env,
+    Raw,
     booking_calls,
     send_hl7,
     siu,
@@ -62,3 +68,87 @@ async def test_a_resend_with_a_new_msh7_is_still_a_repeat(ehr: Env) -> None:
     assert booking_calls(ehr.fake) == ["POST /v2/bookings"]
     assert ehr.metrics.listener.labels("duplicate")._value.get() == 2
     assert ehr.metrics.listener_reused_ids.labels(CHANNEL)._value.get() == 0
+
+
+# ---------------------------------------------------------------------------- header checks
+async def test_a_test_message_to_production_is_refused_and_never_written(ehr: Env) -> None:
+    test_msg = siu("S12", "TST0001", "R3001", slot(3, 9)).replace("|P|2.5.1|", "|T|2.5.1|")
+    ack = await send_hl7(ehr.port, test_msg)
+    assert (ack.code, ack.error_codes, ack.control_id) == ("AR", ("202",), "TST0001")
+    assert "MSH-11" in (ack.text or "")
+    await ehr.worker.drain()
+    assert (await ehr.store.inbound_counts())["inbound_messages"] == 0
+    assert booking_calls(ehr.fake) == []
+    # a listener set up for a test system takes T and refuses P
+    server = await start_listener("127.0.0.1", 0, store=ehr.store,
+                                  config_getter=lambda: ehr.config, metrics=ehr.metrics,
+                                  processing_ids=("T",))
+    try:
+        port = server.sockets[0].getsockname()[1]
+        assert (await send_hl7(port, test_msg)).code == "AA"
+        prod = await send_hl7(port, siu("S12", "PRD0001", "R3002", slot(3, 10)))
+        assert (prod.code, prod.error_codes) == ("AR", ("202",))
+    finally:
+        await shutdown(server)
+    assert (await ehr.store.inbound_counts())["inbound_messages"] == 1
+
+
+async def test_v27_encoding_characters_with_truncation_are_accepted(ehr: Env) -> None:
+    text = siu("S12", "V27001", "R3101", slot(3, 11), enc="^~\\&#").replace(
+        "|2.5.1|", "|2.7|", 1)
+    raw = await Raw.open(ehr.port)
+    await raw.send(frame(text.encode()))
+    data = await asyncio.wait_for(raw.reader.readuntil(b"\x1c\r"), 5)
+    await raw.close()
+    ack = parse_ack(data.strip(b"\x0b\x1c\r"))
+    assert (ack.code, ack.control_id, ack.version) == ("AA", "V27001", "2.7")
+    assert strict_ack_problems(data.strip(b"\x0b\x1c\r").decode()) == []
+    await ehr.worker.drain()
+    assert booking_calls(ehr.fake) == ["POST /v2/bookings"]
+
+
+async def test_msh18_decides_the_decoding_and_the_ack_answers_in_it(ehr: Env) -> None:
+    # the channel says UTF-8; this sender declares ISO 8859-1 in MSH-18 and writes in it
+    latin = siu("S12", "L18001", "R3201", slot(3, 12)).replace("UNICODE UTF-8", "8859/1")
+    ack = await send_hl7_bytes(ehr.port, latin.replace("Ada", "Adé").encode("latin-1"))
+    assert (ack[0].code, ack[0].control_id) == ("AA", "L18001")
+    # an error text that quotes a value comes back in the sender's charset, saying which
+    bad = siu("S12", "L18002", "R3202", slot(3, 13), provider="Dré").replace(
+        "UNICODE UTF-8", "8859/1")
+    ack, data = await send_hl7_bytes(ehr.port, bad.encode("latin-1"))
+    assert (ack.code, ack.error_codes) == ("AE", ("204",))
+    assert b"Dr\xe9" in data and "Dré".encode() not in data
+    assert data.split(b"\r")[0].split(b"|")[17] == b"8859/1"
+    assert strict_ack_problems(data.decode("latin-1")) == []
+    # a declared charset the bytes do not fit is refused, with the control id
+    ascii_msg = siu("S12", "A18001", "R3203", slot(3, 14)).replace("UNICODE UTF-8", "ASCII")
+    ack, _ = await send_hl7_bytes(ehr.port, ascii_msg.replace("Ada", "Adé").encode("latin-1"))
+    assert (ack.code, ack.control_id) == ("AE", "A18001") and "ASCII" in (ack.error_text or "")
+    stored = await ehr.store.inbound_counts()
+    assert stored["inbound_messages"] == 1
+
+
+async def send_hl7_bytes(port: int, payload: bytes) -> tuple[Any, bytes]:
+    """One framed message; the reply as read and its raw bytes (decoded as 8859-1 for
+    parsing: the tests look at bytes, not at what a decoder made of them)."""
+    raw = await Raw.open(port)
+    try:
+        await raw.send(frame(payload))
+        data = await asyncio.wait_for(raw.reader.readuntil(b"\x1c\r"), 5)
+    finally:
+        await raw.close()
+    body = data.strip(b"\x0b\x1c\r")
+    return parse_ack(body, "latin-1"), body
+
+
+def strict_ack_problems(er7: str) -> list[str]:
+    """hl7apy STRICT over an ACK we sent (its own version's rules)."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    try:
+        parse_message(er7.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.STRICT,
+                      find_groups=False).validate()
+    except Exception as exc:  # noqa: BLE001 - the problem is the answer
+        return [f"{type(exc).__name__}: {exc}"]
+    return []

@@ -357,6 +357,14 @@ def _old_err_style(version: str) -> bool:
     return (major, minor) < (2, 5)
 
 
+def _msa3_withdrawn(version: str) -> bool:
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) >= (2, 7)
+    except ValueError:
+        return False
+
+
 def build_ack(
     message: bytes | str,
     code: str,
@@ -373,6 +381,7 @@ def build_ack(
     err_segment: bool = True,
     error_in_msa6: bool = False,
     severity: str = "E",
+    charset: str | None = None,
 ) -> str:
     """An original-mode (or, with CA/CE/CR, commit) ACK for `message`, CR-terminated, no
     MLLP framing. Best effort on a broken MSH: what cannot be read is left empty.
@@ -381,8 +390,10 @@ def build_ack(
     mode); `err_segment=False` leaves ERR out; sender/receiver are swapped unless
     `sending_application`/`sending_facility` are given; same version and processing id; for
     codes other than AA/CA an ERR segment (v2.5+: ERR-3 code^text^HL70357, ERR-4 `severity`,
-    ERR-8 text; before v2.5: ERR-1) and MSA-3, or with `error_in_msa6` the code in MSA-6 and
-    no ERR (the simulator's v2.3 style)."""
+    ERR-8 text; before v2.5: ERR-1) and MSA-3 (up to v2.6: v2.7 withdrew it, ERR-8 carries
+    the text), or with `error_in_msa6` the code in MSA-6 and no ERR (the simulator's v2.3
+    style). `charset` is written to MSH-18 (an HL7 table 0211 name: the caller encodes the
+    result in it)."""
     code = code.upper()
     if code not in ACK_CODES:
         raise ValueError(f"unknown acknowledgment code {code!r}")
@@ -414,6 +425,8 @@ def build_ack(
         "MSH", "^~\\&", sending_app, sending_fac, get(3), get(4), ts, "",
         mtype, escape(control_id or _default_control_id(ts)), get(11) or "P", version,
     ])
+    if charset:
+        msh_out += "|" * 6 + escape(charset)  # MSH-13..17 empty, then MSH-18
     echoed = escape(msa2 if msa2 is not None else msh10)
     out = [msh_out]
     if code in ("AA", "CA"):
@@ -430,7 +443,10 @@ def build_ack(
         ecode = error_code or "207"
         etext_table = ERROR_TEXTS.get(ecode, "")
         detail = error_text or etext_table
-        out.append(f"MSA|{code}|{echoed}|{escape(detail[:MAX_MSA3])}")
+        if _msa3_withdrawn(version):
+            out.append(f"MSA|{code}|{echoed}")
+        else:
+            out.append(f"MSA|{code}|{echoed}|{escape(detail[:MAX_MSA3])}")
         loc = [escape(str(p)) for p in (error_location or ())]
         if old:
             eld = (loc[:3] + ["", "", ""])[:3]  # ELD: segment^sequence^field^code&text&table

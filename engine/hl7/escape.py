@@ -56,6 +56,23 @@ _TRANSLIT_EXTRA: dict[str, str] = {
 MSH18_NAMES: dict[str, str] = {"utf-8": "UNICODE UTF-8", "ascii": "ASCII", "latin-1": "8859/1"}
 
 
+# HL7 table 0211 (MSH-18) -> Python codec, for the character sets that keep ASCII bytes as
+# they are (MLLP framing and the ER7 delimiters are ASCII). UNICODE (UCS-2), UTF-16 and
+# UTF-32 cannot travel in an MLLP frame as it is used here, and are not listed.
+MSH18_CODECS: dict[str, str] = {
+    "ASCII": "ascii", "ISO IR6": "ascii",
+    "8859/1": "latin-1", "ISO IR100": "latin-1",
+    **{f"8859/{n}": f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 15)},
+    "UNICODE UTF-8": "utf-8",
+    "GB 18030-2000": "gb18030", "KS X 1001": "euc_kr", "BIG-5": "big5",
+}
+
+
+def msh18_codec(value: str) -> str | None:
+    """The Python codec for an MSH-18 value, or None when it is not one we can read."""
+    return MSH18_CODECS.get(" ".join(value.split()).upper())
+
+
 def codec_name(charset: str) -> str:
     """Python codec for a configured charset label ("UTF-8", "ASCII", "ISO-8859-1", ...)."""
     return codecs.lookup(charset).name.replace("iso8859-1", "latin-1")

@@ -1,11 +1,15 @@
 """The MLLP listener for SIU from the EHRs: check, commit durably, and only then answer AA.
 
 Per frame, in order:
-1. MSH present and usable (field separator, four distinct encoding characters) -> else AE.
+1. MSH present and usable (field separator, four distinct encoding characters, or five from
+   v2.7: `^~\\&#`) -> else AE; MSH-18, when given, names a character set we read -> else
+   AE 103.
 2. MSH-3 is our own sending application -> AA and nothing else (an echo of our own SIU).
-3. MSH-9 is SIU -> else AR 200; the sender (MSH-3.1 / MSH-4.1) has an inbound channel -> else
-   AR 200; the trigger is one that channel takes -> else AR 201.
-4. MSH-10 present; body decodes in the channel's charset; SCH-1/2 appointment id, times (for
+3. MSH-9 is SIU -> else AR 200; MSH-11 is a processing id this listener takes (`P` unless set
+   up otherwise) -> else AR 202, nothing stored; the sender (MSH-3.1 / MSH-4.1) has an inbound
+   channel -> else AR 200; the trigger is one that channel takes -> else AR 201.
+4. MSH-10 present; body decodes in its charset (MSH-18, else the channel's: the ACK is
+   written in the same one and echoes MSH-18); SCH-1/2 appointment id, times (for
    S12/S13/S14) and a provider we map (AIP-3.1 / SCH-16.1) -> else AE (ERR-3 101/102/204).
 5. The message and its Cal.com job are committed in one grouped transaction; then AA with
    MSA-2 = MSH-10. A resend (same sender, MSH-10 and content, MSH-7 aside) gets the same AA
@@ -24,12 +28,14 @@ import asyncio
 import logging
 import ssl as ssl_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.hl7.ack import build_ack
+from engine.hl7.escape import codec_name, msh18_codec
 from engine.inbound.config import InboundConfig
 from engine.inbound.siu import MshInfo, SiuError, read_content, read_msh, segments
 from engine.metrics import Metrics
@@ -41,6 +47,9 @@ log = logging.getLogger("calhl7.inbound.listener")
 
 _ZONES: dict[str, ZoneInfo] = {}
 _TIMED_ACTIONS = frozenset({"create", "move", "move_if_times_changed"})
+# MSH-11 values a listener takes unless told otherwise: production only, so a test system
+# pointed at production is refused (AR 202) instead of blocking real calendars
+DEFAULT_PROCESSING_IDS = ("P",)
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -54,8 +63,10 @@ class InboundHandler:
     """The per-frame logic, separate from the socket so it can be driven directly too."""
 
     def __init__(self, store: object, config_getter: Callable[[], InboundConfig],
-                 metrics: Metrics, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 metrics: Metrics, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS) -> None:
         self.store = store
+        self.processing_ids = tuple(processing_ids)
         self.config = config_getter
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
@@ -66,15 +77,18 @@ class InboundHandler:
         self._seq = 0
 
     def _ack(self, frame: bytes | str, code: str, outcome: str, *, error: SiuError | None = None,
-             encoding: str = "latin-1") -> bytes:
+             cs: _Charset | None = None) -> bytes:
+        """An ACK in the sender's character set (MSH-18 echoed when the sender gave one)."""
         self._counter(outcome).inc()
+        cs = cs or _UTF8
         now = datetime.now(UTC)
         if error is None:
-            text = build_ack(frame, code, now=now, encoding=encoding)
+            text = build_ack(frame, code, now=now, encoding=cs.codec, charset=cs.msh18)
         else:
             text = build_ack(frame, error.ack, error_code=error.code, error_text=error.text,
-                             error_location=error.location or None, now=now, encoding=encoding)
-        return text.encode("utf-8")
+                             error_location=error.location or None, now=now,
+                             encoding=cs.codec, charset=cs.msh18)
+        return text.encode(cs.codec, "replace")
 
     def _counter(self, outcome: str) -> Any:
         c = self._counters.get(outcome)
@@ -82,11 +96,12 @@ class InboundHandler:
             c = self._counters[outcome] = self.metrics.listener.labels(outcome)
         return c
 
-    def _fast_aa(self, msh: MshInfo, outcome: str) -> bytes:
+    def _fast_aa(self, msh: MshInfo, outcome: str, cs: _Charset) -> bytes:
         """The AA of the hot path, for messages written with the standard delimiters: the
         same bytes build_ack makes (sender/receiver swapped, version and processing id kept),
         without parsing the MSH a second time. Field values are copied as they came: with
-        standard delimiters they are already valid ER7."""
+        standard delimiters they are already valid ER7, and as the MSH was read as 8859-1,
+        encoding in 8859-1 gives back the sender's own bytes, in the sender's charset."""
         self._counter(outcome).inc()
         f = msh.fields
         second = int(time.time())
@@ -107,8 +122,9 @@ class InboundHandler:
             return f[i - 1] if i - 1 < len(f) else ""
 
         processing = g(11) or "P"
+        msh18 = f"||||||{cs.msh18}" if cs.msh18 else ""
         return (f"MSH|^~\\&|{g(5)}|{g(6)}|{g(3)}|{g(4)}|{ts}||{mtype}|{control}|{processing}|"
-                f"{version}\rMSA|AA|{msh.control_id}\r").encode()
+                f"{version}{msh18}\rMSA|AA|{msh.control_id}\r").encode("latin-1")
 
     def oversize(self, peer: Peer) -> bytes:
         err = SiuError("AE", "102", f"frame exceeds the {self.max_frame_bytes}-byte limit: not "
@@ -135,52 +151,66 @@ class InboundHandler:
             log.info("inbound message unreadable", extra={"code": e.code})
             return self._ack(frame if frame.lstrip(b"\r\n\x00 ").startswith(b"MSH") else b"",
                              "AE", "error", error=e)
+        cs = _UTF8
+        if msh.charset:  # MSH-18 says how this message is written: it wins over the channel's
+            codec = msh18_codec(msh.charset)
+            if codec is None:
+                return self._error(frame, SiuError(
+                    "AE", "103", f"MSH-18 character set {msh.charset[:20]} is not supported; "
+                                 "send ASCII, 8859/n or UNICODE UTF-8", ("MSH", 1, 18)))
+            cs = _Charset(codec, msh.charset, msh.charset)
         cfg = self.config()
         if msh.application in cfg.own_applications:
-            return self._ack(frame, "AA", "echo")  # our own SIU came back: not processed
+            return self._ack(frame, "AA", "echo", cs=cs)  # our own SIU came back: not processed
         if msh.message_type != "SIU":
             return self._reject(frame, SiuError(
                 "AR", "200", f"message type {msh.message_type[:10] or '(empty)'} is not taken "
-                             "on this interface", ("MSH", 1, 9, 1)))
+                             "on this interface", ("MSH", 1, 9, 1)), cs)
+        if msh.processing_id not in self.processing_ids:
+            return self._reject(frame, SiuError(
+                "AR", "202", f"MSH-11 processing id {msh.processing_id[:3] or '(empty)'} is not "
+                             f"taken here (this listener takes {'/'.join(self.processing_ids)})",
+                ("MSH", 1, 11)), cs)
         channel = cfg.channel_for(msh.application, msh.facility)
         if channel is None:
             return self._reject(frame, SiuError(
                 "AR", "200", f"no inbound channel for sending application "
                              f"{msh.application[:40] or '(empty)'} / facility "
-                             f"{msh.facility[:40] or '(empty)'}", ("MSH", 1, 3)))
+                             f"{msh.facility[:40] or '(empty)'}", ("MSH", 1, 3)), cs)
+        if not msh.charset:
+            cs = _Charset(codec_name(channel.charset), None, channel.charset)
         if msh.trigger not in channel.message_types:
             return self._reject(frame, SiuError(
                 "AR", "201", f"trigger event {msh.trigger[:10] or '(empty)'} is not taken on "
-                             "this interface", ("MSH", 1, 9, 2)))
+                             "this interface", ("MSH", 1, 9, 2)), cs)
         if not msh.control_id:
             return self._error(frame, SiuError("AE", "101", "MSH-10 message control id missing",
-                                               ("MSH", 1, 10)))
+                                               ("MSH", 1, 10)), cs)
         if len(msh.control_id) > 199:
             return self._error(frame, SiuError("AE", "102", "MSH-10 longer than 199 characters",
-                                               ("MSH", 1, 10)))
-        encoding = channel.charset
-        if not ascii_only and encoding.lower().replace("-", "").replace("_", "") not in (
-                "latin1", "iso88591"):
+                                               ("MSH", 1, 10)), cs)
+        if not ascii_only and cs.codec != "latin-1":
             try:
-                segs = segments(frame.decode(encoding).strip("\x0b\x1c\x00 \t\r\n"))
+                segs = segments(frame.decode(cs.codec).strip("\x0b\x1c\x00 \t\r\n"))
             except UnicodeDecodeError:
-                return self._error(frame, SiuError("AE", "102", f"message is not valid {encoding}"))
+                return self._error(frame, SiuError("AE", "102", f"message is not valid {cs.label}"),
+                                   cs)
         action = channel.action(msh.trigger)
         try:
             content = read_content(segs, msh, _zone(channel.timezone),
                                    need_time=action in _TIMED_ACTIONS)
         except SiuError as e:
-            return self._error(frame, e)
+            return self._error(frame, e, cs)
         provider = None
         if content.provider_id is not None:
             provider = channel.providers.get(content.provider_id)
             if provider is None:
                 return self._error(frame, SiuError(
                     "AE", "204", f"provider {content.provider_id[:40]} has no Cal.com mapping on "
-                                 f"channel {channel.name}", ("AIP", 1, 3, 1, 1)))
+                                 f"channel {channel.name}", ("AIP", 1, 3, 1, 1)), cs)
         elif action in _TIMED_ACTIONS:
             return self._error(frame, SiuError("AE", "101", "provider missing (AIP-3, SCH-16)",
-                                               ("AIP", 1, 3)))
+                                               ("AIP", 1, 3)), cs)
         params = None
         if action != "ignore":
             params = {
@@ -203,14 +233,14 @@ class InboundHandler:
         except Exception as exc:  # noqa: BLE001 - not stored: the EHR must resend
             log.error("inbound message not stored", extra={"error": type(exc).__name__,
                                                            "channel": channel.name})
-            return self._ack(frame, "AR", "store_error",
+            return self._ack(frame, "AR", "store_error", cs=cs,
                              error=SiuError("AR", "207", "could not store the message; resend"))
         if result.duplicate:
             log.info("inbound duplicate", extra={"channel": channel.name,
                                                  "control_id": msh.control_id})
             if result.ack_code == "AA" and _standard(msh):
-                return self._fast_aa(msh, "duplicate")
-            return self._ack(frame, result.ack_code, "duplicate")
+                return self._fast_aa(msh, "duplicate", cs)
+            return self._ack(frame, result.ack_code, "duplicate", cs=cs)
         if result.reused_id:
             # the EHR's counter wrapped or was reset: stored as its own message
             self.metrics.listener_reused_ids.labels(channel.name).inc()
@@ -219,16 +249,29 @@ class InboundHandler:
         if params is not None:
             self.on_accepted()
         if _standard(msh):
-            return self._fast_aa(msh, "accepted")
-        return self._ack(frame, "AA", "accepted")
+            return self._fast_aa(msh, "accepted", cs)
+        return self._ack(frame, "AA", "accepted", cs=cs)
 
-    def _reject(self, frame: bytes, e: SiuError) -> bytes:
+    def _reject(self, frame: bytes, e: SiuError, cs: _Charset | None = None) -> bytes:
         log.info("inbound message rejected", extra={"code": e.code})
-        return self._ack(frame, "AR", "rejected", error=e)
+        return self._ack(frame, "AR", "rejected", error=e, cs=cs)
 
-    def _error(self, frame: bytes, e: SiuError) -> bytes:
+    def _error(self, frame: bytes, e: SiuError, cs: _Charset | None = None) -> bytes:
         log.info("inbound message refused", extra={"code": e.code})
-        return self._ack(frame, "AE", "error", error=e)
+        return self._ack(frame, "AE", "error", error=e, cs=cs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Charset:
+    """How a message is written and its ACK answered: the Python codec, the MSH-18 to echo
+    (None when the sender gave none) and the name an error text uses."""
+
+    codec: str
+    msh18: str | None
+    label: str
+
+
+_UTF8 = _Charset("utf-8", None, "UTF-8")
 
 
 def _standard(msh: MshInfo) -> bool:
@@ -248,10 +291,12 @@ async def start_listener(
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     idle_timeout: float | None = 300.0,
     on_accepted: Callable[[], None] | None = None,
+    processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
 ) -> asyncio.Server:
     """Listen for SIU; returns the started server (port 0: read the bound port from
     server.sockets[0]). Stop with engine.mllp.server.shutdown(server)."""
-    handler = InboundHandler(store, config_getter, metrics, max_frame_bytes=max_frame_bytes)
+    handler = InboundHandler(store, config_getter, metrics, max_frame_bytes=max_frame_bytes,
+                             processing_ids=processing_ids)
     if on_accepted is not None:
         handler.on_accepted = on_accepted
     return await serve(handler.handle, host, port, ssl=ssl, max_frame_bytes=max_frame_bytes,

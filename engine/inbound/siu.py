@@ -43,6 +43,8 @@ class MshInfo:
     control_id: str  # MSH-10
     version: str
     fields: tuple[str, ...] = ()  # raw MSH fields, fields[i] = MSH-(i+1) (fields[1] = MSH-2)
+    processing_id: str = ""  # MSH-11.1: P, T or D
+    charset: str = ""  # MSH-18 (first repetition): the message's character set, "" = not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +66,12 @@ def _delims(msh: str) -> Delims:
     if fs.isalnum() or fs in "\r\n \t":
         raise SiuError("AE", "102", "MSH-1 field separator is not usable", ("MSH", 1, 1))
     enc = msh[4:].split(fs, 1)[0]
-    if len(enc) != 4:
-        raise SiuError("AE", "102", "MSH-2 must declare four encoding characters", ("MSH", 1, 2))
+    # four, or five from v2.7 on (the fifth is the truncation character, `#`)
+    if len(enc) not in (4, 5):
+        raise SiuError("AE", "102", "MSH-2 must declare four encoding characters (five from "
+                                    "v2.7: ^~\\&#)", ("MSH", 1, 2))
     chars = [fs, *enc]
-    if len(set(chars)) != 5 or any(c.isalnum() or c in "\r\n \t" for c in chars):
+    if len(set(chars)) != len(chars) or any(c.isalnum() or c in "\r\n \t" for c in chars):
         raise SiuError("AE", "102", "MSH-2 encoding characters are not distinct separators",
                        ("MSH", 1, 2))
     return Delims(fs, enc[0], enc[1], enc[2], enc[3])
@@ -107,6 +111,8 @@ def read_msh(text: str) -> tuple[MshInfo, list[str]]:
         control_id=_f(f, 9).strip(),
         version=_c(_f(f, 11), d),
         fields=tuple(f),
+        processing_id=_c(_f(f, 10), d),
+        charset=_f(f, 17).split(d.repetition, 1)[0].strip(),
     )
     return info, segs
 
