@@ -39,6 +39,7 @@ from engine.inbound.config import InboundConfig, load_inbound_config, own_applic
 from engine.inbound.listener import start_listener
 from engine.inbound.worker import InboundWorker
 from engine.metrics import Metrics
+from engine.mllp.framing import VtInFrame
 from engine.mllp.server import shutdown as shutdown_mllp
 from engine.mllp.tls import server_ssl_context
 from engine.processing import Processor, helper_process_init, warm_helper
@@ -73,6 +74,7 @@ class EngineSettings:
     mllp_max_frame_bytes: int = 1_048_576
     mllp_idle_timeout_seconds: float = 300.0
     mllp_processing_ids: tuple[str, ...] = ("P",)  # MSH-11 values taken; others get AR 202
+    mllp_vt_in_frame: VtInFrame = "data"  # a 0x0B inside a frame is data (or: "restart")
     reconcile_interval_seconds: float = 300.0  # 0: off; needs CALHL7_CALCOM_API_KEY
     heartbeat_seconds: float = 5.0
 
@@ -251,6 +253,7 @@ class Engine:
                 idle_timeout=self.settings.mllp_idle_timeout_seconds,
                 on_accepted=inbound_worker.wake.set if inbound_worker else None,
                 processing_ids=self.settings.mllp_processing_ids,
+                vt_in_frame=self.settings.mllp_vt_in_frame,
             )
             self.mllp_port = listener.sockets[0].getsockname()[1]
         for source in self.settings.secrets:

@@ -93,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.mllp_tls_cert, settings.mllp_tls_key = args.mllp_tls_cert, args.mllp_tls_key
         settings.mllp_tls_client_ca = args.mllp_tls_client_ca
         settings.mllp_max_frame_bytes = args.mllp_max_frame_bytes
+        settings.mllp_vt_in_frame = args.mllp_vt_in_frame
         settings.mllp_processing_ids = tuple(
             v.strip().upper() for v in args.mllp_processing_ids.split(",") if v.strip())
     from engine.channels.config import ConfigError
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mllp-processing-ids", default=_env("MLLP_PROCESSING_IDS", "P"),
                    help="MSH-11 values the listener takes, comma-separated (default P: a test "
                         "system's T messages get AR 202); a test engine says T")
+    p.add_argument("--mllp-vt-in-frame", choices=("data", "restart"),
+                   default=_env("MLLP_VT_IN_FRAME", "data"),
+                   help="a 0x0B inside a frame: data (default: the message is kept) or restart "
+                        "(a new frame begins; the cut message gets no answer)")
     p.add_argument("--reconcile-interval", type=float,
                    default=float(_env("RECONCILE_INTERVAL", "300")),
                    help="seconds between Cal.com reconciliation runs (0: off; needs "

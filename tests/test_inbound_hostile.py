@@ -152,3 +152,54 @@ def strict_ack_problems(er7: str) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - the problem is the answer
         return [f"{type(exc).__name__}: {exc}"]
     return []
+
+
+# ---------------------------------------------------------------------------- framing
+async def test_a_vertical_tab_inside_a_message_is_data_by_default(ehr: Env) -> None:
+    # a line break pasted into a name field arrives as 0x0B inside the frame
+    text = siu("S12", "VT0001", "R4001", slot(4, 9)).replace("Ada", "Ada\x0bMarie")
+    ack, _ = await send_hl7_bytes(ehr.port, text.encode())
+    assert (ack.code, ack.control_id) == ("AA", "VT0001")
+    await ehr.worker.drain()
+    jobs = await ehr.store.inbound_jobs(None, 10)
+    assert [(j["control_id"], j["status"]) for j in jobs] == [("VT0001", "done")]
+    # the other choice, per listener: a 0x0B starts a new frame (the cut message gets no
+    # answer, and what follows the 0x0B none it can match)
+    server = await start_listener("127.0.0.1", 0, store=ehr.store,
+                                  config_getter=lambda: ehr.config, metrics=ehr.metrics,
+                                  vt_in_frame="restart")
+    try:
+        port = server.sockets[0].getsockname()[1]
+        cut, _ = await send_hl7_bytes(port, text.replace("VT0001", "VT0002").encode())
+        assert cut.code == "AE" and cut.control_id is None
+    finally:
+        await shutdown(server)
+    assert (await ehr.store.inbound_counts())["inbound_messages"] == 1
+
+
+async def test_frames_ended_without_a_cr_are_answered(ehr: Env) -> None:
+    one = siu("S12", "NOCR01", "R4101", slot(4, 10)).encode()
+    two = siu("S12", "NOCR02", "R4102", slot(4, 11)).encode()
+    raw = await Raw.open(ehr.port)
+    try:
+        # the first ends where the next frame starts; the second is the last thing sent
+        await raw.send(b"\x0b" + one + b"\x1c" + b"\x0b" + two + b"\x1c")
+        got = [await raw.reply() for _ in range(2)]
+    finally:
+        await raw.close()
+    assert [(a.code, a.control_id) for a in got] == [("AA", "NOCR01"), ("AA", "NOCR02")]
+    assert (await ehr.store.inbound_counts())["inbound_messages"] == 2
+
+
+async def test_an_error_answer_names_the_message_when_its_id_can_be_read(ehr: Env) -> None:
+    raw = await Raw.open(ehr.port)
+    try:
+        big = b"MSH|^~\\&|MAIN_EHR|ACME_CLINIC|||||SIU^S12|BIG2|P|2.5.1\r" + b"X" * 2_000_000
+        await raw.send(frame(big))
+        r = await raw.reply()
+        assert (r.code, r.control_id) == ("AE", "BIG2") and "limit" in (r.error_text or "")
+        await raw.send(frame(siu("S12", "BADENC2", "R4201", enc="^^\\&").encode()))
+        r = await raw.reply()
+        assert (r.code, r.control_id) == ("AE", "BADENC2")
+    finally:
+        await raw.close()

@@ -92,7 +92,10 @@ async def frames_from(chunks: list[bytes], max_frame_bytes: int = 1024) -> list[
         ([b"\x0bA", b"B\x1c", b"\rC"], [b"AB"]),  # trailer split across reads; C is noise
         ([b"\x0bA\x1c\r\x0bhalf"], [b"A", "IncompleteFrame"]),
         ([b"\x0bold-unterminated\x0bNEW\x1c\r"], [b"NEW"]),  # a new start block restarts
-        ([b"\x0bA\x1cX\x1c\r"], [b"A\x1cX"]),  # 0x1C without CR is data
+        # 0x1C followed by something other than CR ends the frame (senders that leave the CR
+        # out); what follows, up to the next 0x0B, is noise between frames
+        ([b"\x0bA\x1cX\x1c\r"], [b"A"]),
+        ([b"\x0bA\x1c\x0bB\x1c"], [b"A", b"B"]),  # never a CR; the last one ends at EOF
         ([b"\x0b" + b"x" * 3000 + b"\x1c\r\x0bB\x1c\r"], ["FrameTooLarge", b"B"]),
         ([b"\x0b" + b"x" * 700, b"y" * 700, b"z" * 700 + b"\x1c", b"\r\x0bB\x1c\r"], ["FrameTooLarge", b"B"]),
         ([b"\x0b" + b"x" * 1024 + b"\x1c\r"], [b"x" * 1024]),  # exactly the limit is fine
@@ -131,8 +134,9 @@ async def test_round_trip_and_stray_newline_between_frames(start: Callable[..., 
 async def test_oversize_is_rejected_then_same_connection_resyncs(start: Callable[..., Awaitable[asyncio.Server]]) -> None:
     seen: list[str] = []
 
-    def on_oversize(peer: Peer) -> bytes:
+    def on_oversize(peer: Peer, head: bytes) -> bytes:
         seen.append(str(peer))
+        assert head.startswith(b"MMM")  # the frame's first bytes, to name it in the answer
         return b"REJECT:too-large"
 
     server = await start(max_frame_bytes=2048, on_oversize=on_oversize)

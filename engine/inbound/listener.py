@@ -34,12 +34,12 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from engine.hl7.ack import build_ack
+from engine.hl7.ack import build_ack, read_msh10
 from engine.hl7.escape import codec_name, msh18_codec
 from engine.inbound.config import InboundConfig
 from engine.inbound.siu import MshInfo, SiuError, read_content, read_msh, segments
 from engine.metrics import Metrics
-from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES
+from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES, VtInFrame
 from engine.mllp.server import Peer, serve
 from engine.store.inbound_records import InboundMessage
 
@@ -77,17 +77,17 @@ class InboundHandler:
         self._seq = 0
 
     def _ack(self, frame: bytes | str, code: str, outcome: str, *, error: SiuError | None = None,
-             cs: _Charset | None = None) -> bytes:
+             cs: _Charset | None = None, msa2: str | None = None) -> bytes:
         """An ACK in the sender's character set (MSH-18 echoed when the sender gave one)."""
         self._counter(outcome).inc()
         cs = cs or _UTF8
         now = datetime.now(UTC)
         if error is None:
-            text = build_ack(frame, code, now=now, encoding=cs.codec, charset=cs.msh18)
+            text = build_ack(frame, code, now=now, encoding=cs.codec, charset=cs.msh18, msa2=msa2)
         else:
             text = build_ack(frame, error.ack, error_code=error.code, error_text=error.text,
                              error_location=error.location or None, now=now,
-                             encoding=cs.codec, charset=cs.msh18)
+                             encoding=cs.codec, charset=cs.msh18, msa2=msa2)
         return text.encode(cs.codec, "replace")
 
     def _counter(self, outcome: str) -> Any:
@@ -126,11 +126,13 @@ class InboundHandler:
         return (f"MSH|^~\\&|{g(5)}|{g(6)}|{g(3)}|{g(4)}|{ts}||{mtype}|{control}|{processing}|"
                 f"{version}{msh18}\rMSA|AA|{msh.control_id}\r").encode("latin-1")
 
-    def oversize(self, peer: Peer) -> bytes:
+    def oversize(self, peer: Peer, head: bytes) -> bytes:
         err = SiuError("AE", "102", f"frame exceeds the {self.max_frame_bytes}-byte limit: not "
                                     "stored; send it in smaller messages")
         log.warning("inbound frame too large", extra={"peer": str(peer)})
-        return self._ack(b"", "AE", "oversize", error=err)
+        # answered for the message it began with (its MSH, MSH-10), so the sender can match it
+        msh = head if head.lstrip(b"\r\n\x00 ").startswith(b"MSH") else b""
+        return self._ack(msh, "AE", "oversize", error=err, msa2=read_msh10(head) or "")
 
     async def handle(self, frame: bytes, peer: Peer) -> bytes:
         try:
@@ -150,7 +152,7 @@ class InboundHandler:
         except SiuError as e:
             log.info("inbound message unreadable", extra={"code": e.code})
             return self._ack(frame if frame.lstrip(b"\r\n\x00 ").startswith(b"MSH") else b"",
-                             "AE", "error", error=e)
+                             "AE", "error", error=e, msa2=read_msh10(frame) or "")
         cs = _UTF8
         if msh.charset:  # MSH-18 says how this message is written: it wins over the channel's
             codec = msh18_codec(msh.charset)
@@ -292,6 +294,7 @@ async def start_listener(
     idle_timeout: float | None = 300.0,
     on_accepted: Callable[[], None] | None = None,
     processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
+    vt_in_frame: VtInFrame = "data",
 ) -> asyncio.Server:
     """Listen for SIU; returns the started server (port 0: read the bound port from
     server.sockets[0]). Stop with engine.mllp.server.shutdown(server)."""
@@ -300,4 +303,5 @@ async def start_listener(
     if on_accepted is not None:
         handler.on_accepted = on_accepted
     return await serve(handler.handle, host, port, ssl=ssl, max_frame_bytes=max_frame_bytes,
-                       idle_timeout=idle_timeout, on_oversize=handler.oversize)
+                       idle_timeout=idle_timeout, on_oversize=handler.oversize,
+                       vt_in_frame=vt_in_frame)

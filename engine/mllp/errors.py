@@ -18,10 +18,12 @@ class FrameTooLarge(FramingError):
     """A frame exceeded max_frame_bytes. The reader has already discarded the rest of that
     frame (up to its 0x1C 0x0D), so the same connection can keep going."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, head: bytes = b"") -> None:
         super().__init__(f"MLLP frame of at least {size} bytes exceeds the {limit}-byte limit")
         self.size = size
         self.limit = limit
+        # the frame's first bytes, so its answer can name the message (MSH-10); never logged
+        self.head = head
 
 
 class IncompleteFrame(FramingError):

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .errors import FrameTooLarge, IncompleteFrame
-from .framing import DEFAULT_MAX_FRAME_BYTES, FrameReader, frame
+from .framing import DEFAULT_MAX_FRAME_BYTES, FrameReader, VtInFrame, frame
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CloseConnection(Exception):
 
 
 Handler = Callable[[bytes, Peer], Awaitable[bytes | None]]
-OversizeHook = Callable[[Peer], bytes | None]
+OversizeHook = Callable[[Peer, bytes], bytes | None]  # (peer, the frame's first bytes)
 
 # connection tasks per server, so shutdown() can end them (Server.close() only stops accepting)
 _CONNECTIONS: weakref.WeakKeyDictionary[asyncio.Server, set[asyncio.Task[None]]] = (
@@ -79,9 +79,11 @@ async def serve(
     on_oversize: OversizeHook | None = None,
     on_connect: Callable[[Peer], None] | None = None,
     backlog: int = 100,
+    vt_in_frame: VtInFrame = "data",
 ) -> asyncio.Server:
     """Start listening; returns the started asyncio.Server (port 0 picks a free port:
-    read it from server.sockets[0].getsockname()). Stop with `shutdown(server)`."""
+    read it from server.sockets[0].getsockname()). Stop with `shutdown(server)`.
+    `vt_in_frame`: what a 0x0B inside a frame is (framing.py); a listener keeps the message."""
     conns: set[asyncio.Task[None]] = set()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -93,9 +95,8 @@ async def serve(
         try:
             if on_connect is not None:
                 on_connect(peer)
-            await _connection(
-                reader, writer, peer, handler, max_frame_bytes, idle_timeout, on_oversize
-            )
+            await _connection(reader, writer, peer, handler, max_frame_bytes, idle_timeout,
+                              on_oversize, vt_in_frame)
         except asyncio.CancelledError:
             pass  # shutdown
         except (ConnectionError, OSError, ssl_mod.SSLError) as exc:
@@ -122,8 +123,9 @@ async def _connection(
     max_frame_bytes: int,
     idle_timeout: float | None,
     on_oversize: OversizeHook | None,
+    vt_in_frame: VtInFrame,
 ) -> None:
-    frames = FrameReader(reader, max_frame_bytes)
+    frames = FrameReader(reader, max_frame_bytes, vt_in_frame=vt_in_frame)
     while True:
         try:
             if idle_timeout is None:
@@ -137,7 +139,7 @@ async def _connection(
         except FrameTooLarge as exc:
             log.warning("mllp frame from %s too large (%d > %d bytes): discarded",
                         peer, exc.size, exc.limit)
-            reply = on_oversize(peer) if on_oversize is not None else None
+            reply = on_oversize(peer, exc.head) if on_oversize is not None else None
             if reply is not None:
                 writer.write(frame(reply))
                 await writer.drain()
