@@ -75,6 +75,8 @@ class EngineSettings:
     mllp_idle_timeout_seconds: float = 300.0
     mllp_processing_ids: tuple[str, ...] = ("P",)  # MSH-11 values taken; others get AR 202
     mllp_vt_in_frame: VtInFrame = "data"  # a 0x0B inside a frame is data (or: "restart")
+    mllp_max_connections: int = 100  # more are closed at once (and counted)
+    mllp_ack_write_timeout_seconds: float = 30.0  # an EHR not reading its ACKs is cut off
     reconcile_interval_seconds: float = 300.0  # 0: off; needs CALHL7_CALCOM_API_KEY
     heartbeat_seconds: float = 5.0
 
@@ -254,6 +256,8 @@ class Engine:
                 on_accepted=inbound_worker.wake.set if inbound_worker else None,
                 processing_ids=self.settings.mllp_processing_ids,
                 vt_in_frame=self.settings.mllp_vt_in_frame,
+                max_connections=self.settings.mllp_max_connections,
+                ack_write_timeout=self.settings.mllp_ack_write_timeout_seconds,
             )
             self.mllp_port = listener.sockets[0].getsockname()[1]
         for source in self.settings.secrets:

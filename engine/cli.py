@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.mllp_tls_client_ca = args.mllp_tls_client_ca
         settings.mllp_max_frame_bytes = args.mllp_max_frame_bytes
         settings.mllp_vt_in_frame = args.mllp_vt_in_frame
+        settings.mllp_max_connections = args.mllp_max_connections
         settings.mllp_processing_ids = tuple(
             v.strip().upper() for v in args.mllp_processing_ids.split(",") if v.strip())
     from engine.channels.config import ConfigError
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mllp-processing-ids", default=_env("MLLP_PROCESSING_IDS", "P"),
                    help="MSH-11 values the listener takes, comma-separated (default P: a test "
                         "system's T messages get AR 202); a test engine says T")
+    p.add_argument("--mllp-max-connections", type=int,
+                   default=int(_env("MLLP_MAX_CONNECTIONS", "100")),
+                   help="connections the listener holds at once; more are closed and counted")
     p.add_argument("--mllp-vt-in-frame", choices=("data", "restart"),
                    default=_env("MLLP_VT_IN_FRAME", "data"),
                    help="a 0x0B inside a frame: data (default: the message is kept) or restart "

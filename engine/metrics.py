@@ -119,6 +119,11 @@ class Metrics:
             "calhl7_listener_messages_total", "Inbound MLLP messages by outcome",
             ["outcome"], registry=r,
         )
+        self.listener_connections = Counter(
+            "calhl7_listener_connections_closed_total", "Inbound MLLP connections the listener "
+            "closed: refused (over the connection cap), write_timeout (ACKs left unread)",
+            ["outcome"], registry=r,
+        )
         self.listener_reused_ids = Counter(
             "calhl7_listener_reused_control_ids_total", "Inbound SIU stored as new although "
             "their sender had used the MSH-10 before for other content", ["channel"], registry=r,

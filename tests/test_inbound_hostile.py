@@ -13,7 +13,8 @@ import pytest
 from engine.hl7.ack import parse_ack
 from engine.inbound.listener import start_listener
 from engine.mllp.framing import frame
-from engine.mllp.server import shutdown
+from engine.mllp.server import connection_count, shutdown
+from tests.engine_harness import eventually
 from tests.test_inbound import (
     CHANNEL,
     Env,
@@ -203,3 +204,52 @@ async def test_an_error_answer_names_the_message_when_its_id_can_be_read(ehr: En
         assert (r.code, r.control_id) == ("AE", "BADENC2")
     finally:
         await raw.close()
+
+
+# ---------------------------------------------------------------------------- slow peers
+async def test_a_peer_that_never_reads_its_acks_is_let_go(ehr: Env) -> None:
+    server = await start_listener("127.0.0.1", 0, store=ehr.store,
+                                  config_getter=lambda: ehr.config, metrics=ehr.metrics,
+                                  ack_write_timeout=0.5)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        # each message names a 60 KB facility, which its AR copies back: the ACKs pile up
+        big = siu("S12", "SLOW", "R5001", facility="F" * 60_000).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.set_write_buffer_limits(high=2**30)  # no back-pressure here
+        for _ in range(300):
+            writer.write(frame(big))
+        await eventually(lambda: connection_count(server) == 1, timeout=5)
+        # never read: the listener gives up on its writes and lets the connection go
+        await eventually(lambda: connection_count(server) == 0, timeout=10)
+        assert ehr.metrics.listener_connections.labels("write_timeout")._value.get() == 1
+        writer.transport.abort()
+        # and serves others as before
+        assert (await send_hl7(port, siu("S12", "AFTER1", "R5002", slot(5, 9)))).code == "AA"
+    finally:
+        await shutdown(server)
+
+
+async def test_connections_over_the_cap_are_closed_and_counted(ehr: Env) -> None:
+    server = await start_listener("127.0.0.1", 0, store=ehr.store,
+                                  config_getter=lambda: ehr.config, metrics=ehr.metrics,
+                                  max_connections=2)
+    port = server.sockets[0].getsockname()[1]
+    opened: list[Raw] = []
+    try:
+        opened = [await Raw.open(port) for _ in range(2)]
+        await eventually(lambda: connection_count(server) == 2, timeout=5)
+        extra = await Raw.open(port)
+        assert await asyncio.wait_for(extra.reader.read(), 5) == b""  # closed at once
+        await extra.close()
+        assert ehr.metrics.listener_connections.labels("refused")._value.get() == 1
+        # the two within the cap still work; once one leaves, a newcomer is taken
+        await opened[0].send(frame(siu("S12", "CAP1", "R5101", slot(5, 10)).encode()))
+        assert (await opened[0].reply()).code == "AA"
+        await opened[1].close()
+        await eventually(lambda: connection_count(server) == 1, timeout=5)
+        assert (await send_hl7(port, siu("S12", "CAP2", "R5102", slot(5, 11)))).code == "AA"
+    finally:
+        for r in opened:
+            await r.close()
+        await shutdown(server)

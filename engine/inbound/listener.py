@@ -40,7 +40,7 @@ from engine.inbound.config import InboundConfig
 from engine.inbound.siu import MshInfo, SiuError, read_content, read_msh, segments
 from engine.metrics import Metrics
 from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES, VtInFrame
-from engine.mllp.server import Peer, serve
+from engine.mllp.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT, Peer, serve
 from engine.store.inbound_records import InboundMessage
 
 log = logging.getLogger("calhl7.inbound.listener")
@@ -295,6 +295,8 @@ async def start_listener(
     on_accepted: Callable[[], None] | None = None,
     processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
     vt_in_frame: VtInFrame = "data",
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+    ack_write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
 ) -> asyncio.Server:
     """Listen for SIU; returns the started server (port 0: read the bound port from
     server.sockets[0]). Stop with engine.mllp.server.shutdown(server)."""
@@ -304,4 +306,6 @@ async def start_listener(
         handler.on_accepted = on_accepted
     return await serve(handler.handle, host, port, ssl=ssl, max_frame_bytes=max_frame_bytes,
                        idle_timeout=idle_timeout, on_oversize=handler.oversize,
-                       vt_in_frame=vt_in_frame)
+                       vt_in_frame=vt_in_frame, max_connections=max_connections,
+                       write_timeout=ack_write_timeout,
+                       on_event=lambda what: metrics.listener_connections.labels(what).inc())

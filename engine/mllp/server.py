@@ -47,6 +47,9 @@ class CloseConnection(Exception):
 Handler = Callable[[bytes, Peer], Awaitable[bytes | None]]
 OversizeHook = Callable[[Peer, bytes], bytes | None]  # (peer, the frame's first bytes)
 
+DEFAULT_MAX_CONNECTIONS = 100  # EHR interfaces open a handful; more is a flood or a leak
+DEFAULT_WRITE_TIMEOUT = 30.0  # seconds a reply may wait for a peer that does not read
+
 # connection tasks per server, so shutdown() can end them (Server.close() only stops accepting)
 _CONNECTIONS: weakref.WeakKeyDictionary[asyncio.Server, set[asyncio.Task[None]]] = (
     weakref.WeakKeyDictionary()
@@ -80,25 +83,45 @@ async def serve(
     on_connect: Callable[[Peer], None] | None = None,
     backlog: int = 100,
     vt_in_frame: VtInFrame = "data",
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    on_event: Callable[[str], None] | None = None,
 ) -> asyncio.Server:
     """Start listening; returns the started asyncio.Server (port 0 picks a free port:
     read it from server.sockets[0].getsockname()). Stop with `shutdown(server)`.
-    `vt_in_frame`: what a 0x0B inside a frame is (framing.py); a listener keeps the message."""
+    `vt_in_frame`: what a 0x0B inside a frame is (framing.py); a listener keeps the message.
+    A connection over `max_connections` is closed at once; a peer that leaves its replies
+    unread for `write_timeout` seconds is cut off. `on_event("refused" | "write_timeout")`
+    counts both."""
     conns: set[asyncio.Task[None]] = set()
+
+    def event(name: str) -> None:
+        if on_event is not None:
+            on_event(name)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = _peer_of(writer)
+        if max_connections is not None and len(conns) >= max_connections:
+            log.warning("mllp connection from %s refused: %d connections already open",
+                        peer.host, len(conns))
+            event("refused")
+            writer.close()
+            return
         # a strong reference: asyncio (3.11) keeps none for this task, and shutdown() needs it
         conns.add(task)
-        peer = _peer_of(writer)
         try:
             if on_connect is not None:
                 on_connect(peer)
             await _connection(reader, writer, peer, handler, max_frame_bytes, idle_timeout,
-                              on_oversize, vt_in_frame)
+                              on_oversize, vt_in_frame, write_timeout)
         except asyncio.CancelledError:
             pass  # shutdown
+        except _WriteTimeout:
+            log.warning("mllp connection %s: replies unread for %gs, closing", peer,
+                        write_timeout)
+            event("write_timeout")
         except (ConnectionError, OSError, ssl_mod.SSLError) as exc:
             log.debug("mllp connection %s ended: %s", peer, type(exc).__name__)
         except Exception as exc:  # the handler's bug: name the type, never the content
@@ -106,7 +129,11 @@ async def serve(
         finally:
             conns.discard(task)
             if not writer.is_closing():
-                writer.close()  # flushes a reply already written, sends TLS close_notify
+                if writer.transport.get_write_buffer_size():
+                    # replies the peer is not reading: close() would wait for them forever
+                    writer.transport.abort()
+                else:
+                    writer.close()  # sends TLS close_notify
 
     server = await asyncio.start_server(
         on_client, host, port, ssl=ssl, backlog=backlog, limit=65_536
@@ -124,6 +151,7 @@ async def _connection(
     idle_timeout: float | None,
     on_oversize: OversizeHook | None,
     vt_in_frame: VtInFrame,
+    write_timeout: float | None,
 ) -> None:
     frames = FrameReader(reader, max_frame_bytes, vt_in_frame=vt_in_frame)
     while True:
@@ -141,8 +169,7 @@ async def _connection(
                         peer, exc.size, exc.limit)
             reply = on_oversize(peer, exc.head) if on_oversize is not None else None
             if reply is not None:
-                writer.write(frame(reply))
-                await writer.drain()
+                await _send(writer, frame(reply), write_timeout, always_drain=True)
             continue
         except IncompleteFrame as exc:
             log.info("mllp connection %s closed mid-frame (%d bytes)", peer, exc.received)
@@ -154,10 +181,27 @@ async def _connection(
         except CloseConnection:
             return
         if reply is not None:
-            writer.write(frame(reply))
-            # drain only under back-pressure: one fewer await per message on the fast path
-            if writer.transport.get_write_buffer_size() > 65_536:
-                await writer.drain()
+            await _send(writer, frame(reply), write_timeout)
+
+
+class _WriteTimeout(Exception):
+    """The peer left our replies unread past the write deadline."""
+
+
+async def _send(writer: asyncio.StreamWriter, data: bytes, write_timeout: float | None, *,
+                always_drain: bool = False) -> None:
+    writer.write(data)
+    # drain only under back-pressure: one fewer await per message on the fast path
+    if not always_drain and writer.transport.get_write_buffer_size() <= 65_536:
+        return
+    if write_timeout is None:
+        await writer.drain()
+        return
+    try:
+        async with asyncio.timeout(write_timeout):
+            await writer.drain()
+    except TimeoutError:
+        raise _WriteTimeout() from None
 
 
 async def shutdown(server: asyncio.Server, *, grace: float = 0.0) -> None:
