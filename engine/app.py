@@ -35,6 +35,7 @@ from engine.channels.config import (
 )
 from engine.delivery.worker import DestinationWorker
 from engine.http.asgi import HttpSettings, Readiness, WebhookApp
+from engine.http.protocol import bounded_http_protocol
 from engine.inbound.config import InboundConfig, load_inbound_config, own_applications_of
 from engine.inbound.listener import start_listener
 from engine.inbound.worker import InboundWorker
@@ -58,6 +59,11 @@ class EngineSettings:
     store_url: str | None = None  # postgresql://... ; None: SQLite in data_dir
     secrets: Mapping[str, Sequence[str]] = field(default_factory=dict)
     max_body_bytes: int = 1_048_576
+    # HTTP edges: a request's headers, then its body, must arrive within these; connections
+    # over the cap are answered 503 at once (each connection is a file descriptor)
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 15.0
+    http_max_connections: int = 500
     insecure_unsigned: bool = False
     metrics_host: str | None = None  # a separate address for /metrics and health
     metrics_port: int | None = None
@@ -267,7 +273,8 @@ class Engine:
             self.store, self.metrics,
             HttpSettings(self.settings.secrets, self.settings.max_body_bytes,
                          serve_metrics=self.settings.metrics_port is None,
-                         insecure_unsigned=self.settings.insecure_unsigned),
+                         insecure_unsigned=self.settings.insecure_unsigned,
+                         body_timeout_seconds=self.settings.http_body_timeout_seconds),
             self.readiness, on_accepted=self.processor.note_intake,
         )
         servers = [self._uvicorn(http, self.settings.http_host, self.settings.http_port)]
@@ -338,11 +345,13 @@ class Engine:
                 await beat(self.settings.node_id, time.time())
             await sleep_or_stop(self.stop, self.settings.heartbeat_seconds)
 
-    @staticmethod
-    def _uvicorn(app: WebhookApp, host: str, port: int) -> uvicorn.Server:
+    def _uvicorn(self, app: WebhookApp, host: str, port: int) -> uvicorn.Server:
+        protocol = bounded_http_protocol(
+            self.settings.http_header_timeout_seconds, self.settings.http_max_connections,
+            lambda reason: self.metrics.http_connections_closed.labels(reason).inc())
         config = uvicorn.Config(
             app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
-            http="httptools", loop="none", timeout_graceful_shutdown=5,
+            http=protocol, loop="none", timeout_graceful_shutdown=5,
             proxy_headers=False,  # nothing reads the client address: skip that layer
         )
         return _Server(config)

@@ -84,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, insecure_unsigned=args.insecure_dev,
         metrics_host=metrics[0] if metrics else None, metrics_port=metrics[1] if metrics else None,
     )
+    settings.http_max_connections = args.http_max_connections
     if args.node_id:
         settings.node_id = args.node_id
     settings.processing_processes = args.processing_processes
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-dev", action="store_true",
                    default=_env("INSECURE_DEV", "") in ("1", "true", "yes"),
                    help="accept unsigned webhooks (development only)")
+    p.add_argument("--http-max-connections", type=int,
+                   default=int(_env("HTTP_MAX_CONNECTIONS", "500")),
+                   help="open HTTP connections at once; more are answered 503 and closed")
     p.add_argument("--node-id", default=_env("NODE_ID"))
     p.add_argument("--mllp", type=host_port,
                    default=_host_port_or_none(_env("MLLP")),

@@ -15,8 +15,8 @@ Names follow the Prometheus conventions: `calhl7_` prefix, base units in the nam
 
 Outcome label values:
 - webhooks:  accepted, duplicate, ignored, quarantined, rejected_signature, too_large,
-             unknown_source, store_error (a webhook refused or not stored has no trusted
-             trigger: trigger="other")
+             timeout (body not received in time), unknown_source, store_error (a webhook
+             refused or not stored has no trusted trigger: trigger="other")
 - events:    routed, unrouted, no_change, ignored, quarantined
 - messages:  acked, application_error (AE/CE), rejected (AR/CR), timeout, connection_error,
              bad_reply (MSA-2 mismatch, unparsable), dead_lettered, resent (the same bytes and
@@ -43,7 +43,7 @@ KNOWN_TRIGGERS = frozenset(
 )
 
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "quarantined", "rejected_signature",
-                    "too_large", "unknown_source", "store_error")
+                    "too_large", "timeout", "unknown_source", "store_error")
 MESSAGE_OUTCOMES = ("acked", "application_error", "rejected", "timeout", "connection_error",
                     "bad_reply", "dead_lettered", "resent", "reprocessed")
 
@@ -119,6 +119,11 @@ class Metrics:
             "calhl7_listener_messages_total", "Inbound MLLP messages by outcome",
             ["outcome"], registry=r,
         )
+        self.http_connections_closed = Counter(
+            "calhl7_http_connections_closed_total", "HTTP connections the engine closed: "
+            "over_cap (answered 503), header_timeout (headers never finished)", ["reason"],
+            registry=r,
+        )
         self.listener_connections = Counter(
             "calhl7_listener_connections_closed_total", "Inbound MLLP connections the listener "
             "closed: refused (over the connection cap), write_timeout (ACKs left unread)",
@@ -147,7 +152,7 @@ class Metrics:
     # A series that appears only at its first increment hides that increment from rate()
     # and increase(); the label values known at start are exported at zero right away.
     def init_source(self, source: str) -> None:
-        for outcome in ("rejected_signature", "too_large"):
+        for outcome in ("rejected_signature", "too_large", "timeout"):
             self.webhooks.labels(source, "other", outcome)
 
     def init_destination(self, destination: str) -> None:

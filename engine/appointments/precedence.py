@@ -25,6 +25,7 @@ from engine.appointments.state import (
     status_rank,
 )
 from engine.calcom.models import BookingPayload, BookingWebhook, NoShowWebhook, error_path
+from engine.texts import quoted
 
 Disposition = Literal["event", "ignored", "quarantined", "no_change"]
 Lookup = Callable[[str], AppointmentState | None]
@@ -77,9 +78,8 @@ def booking(
             notes.append("linked to its appointment by iCalUID")
     if prev is None:
         if p.rescheduleUid:
-            notes.append(
-                f"reschedule of unseen booking {p.rescheduleUid}: sent as a new appointment"
-            )
+            notes.append(f"reschedule of unseen booking {quoted(p.rescheduleUid)}: sent as a new"
+                         " appointment")
         return _first_seen(draft, p, notes, chain_from=p.rescheduleUid)
     return _continuation(draft, prev, p, notes)
 
@@ -135,7 +135,8 @@ def _continuation(
             "no_change",
             state=state,
             uid_links=_links(state),
-            reason=f"superseded: iCalSequence {p.iCalSequence} <= {prev.ical_sequence} held",
+            reason=f"superseded: iCalSequence {quoted(p.iCalSequence)} <="
+                   f" {prev.ical_sequence} held",
             notes=tuple(notes),
         )
     if prev.current_status in TERMINAL_STATUSES:
@@ -145,9 +146,8 @@ def _continuation(
         )
         return _first_seen(draft, p, notes, chain_from=None)
     if p.rescheduleUid and p.rescheduleUid != prev.current_uid:
-        notes.append(
-            f"rescheduleUid {p.rescheduleUid} is not the current booking {prev.current_uid}"
-        )
+        notes.append(f"rescheduleUid {quoted(p.rescheduleUid)} is not the current booking"
+                     f" {prev.current_uid}")
     last = prev.last_event
     kind = EventKind.CANCEL if draft.status in TERMINAL_STATUSES else EventKind.RESCHEDULE
     event = replace(

@@ -43,6 +43,7 @@ from engine.channels.config import Channel, Config, Destination, EventTypeMap
 from engine.hl7.escape import apply_charset
 from engine.hl7.fields import MappedCodes, MappingError, siu_context
 from engine.hl7.render import TemplateError, patient_identifier
+from engine.texts import quoted
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +172,8 @@ def _provider(event: AppointmentEvent, channel: Channel, strict: bool) -> tuple[
     p = event.provider
     if strict and channel.unmapped.provider == "error":
         # Cal.com user id and username identify the clinician, not the patient: safe to name.
-        raise MappingError(
-            f"no maps.providers entry for Cal.com user {p.calcom_user_id} ({p.username or '-'})"
-        )
+        raise MappingError(f"no maps.providers entry for Cal.com user {quoted(p.calcom_user_id)}"
+                           f" ({quoted(p.username or '-')})")
     return (str(p.calcom_user_id) if p.calcom_user_id is not None else (p.username or ""), p.name)
 
 
@@ -195,7 +195,8 @@ def _visit_type(event: AppointmentEvent, channel: Channel, strict: bool) -> Even
         return et
     t = event.event_type
     if strict and channel.unmapped.event_type == "error":
-        raise MappingError(f"no maps.event_types entry for event type {t.id} ({t.slug or '-'})")
+        raise MappingError(f"no maps.event_types entry for event type {quoted(t.id)}"
+                           f" ({quoted(t.slug or '-')})")
     code = t.slug or (str(t.id) if t.id is not None else "UNKNOWN")
     return EventTypeMap(visit_type=(code, t.title or code, "L"))
 

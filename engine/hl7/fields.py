@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from engine.appointments.model import AppointmentEvent
 from engine.hl7.escape import MSH18_NAMES
 from engine.hl7.render import components, format_ts, patient_identifier, valid_dob
+from engine.texts import quoted
 
 
 class MappingError(Exception):
@@ -111,7 +112,7 @@ def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)  # ZoneInfo caches instances: cheap after the first call
     except (ZoneInfoNotFoundError, ValueError):
-        raise MappingError(f"unknown clinic time zone {name!r}") from None
+        raise MappingError(f"unknown clinic time zone {quoted(name)!r}") from None
 
 
 def _answer_date(text: str | None) -> date | None:

@@ -38,6 +38,7 @@ class HttpSettings:
     max_body_bytes: int = 1_048_576
     serve_metrics: bool = True  # False when metrics/health have their own address
     insecure_unsigned: bool = False  # development only: accept bodies without a signature
+    body_timeout_seconds: float = 15.0  # the whole body, from the end of the headers
 
 
 @dataclass
@@ -106,7 +107,16 @@ class WebhookApp:
         label = source if source in self.settings.secrets else "unconfigured"
         headers = _headers(scope)
         try:
-            body = await _read_body(receive, headers, self.settings.max_body_bytes)
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                body = await _read_body(receive, headers, self.settings.max_body_bytes)
+        except TimeoutError:
+            count.labels(label, "other", "timeout").inc()
+            log.warning("webhook refused: body not received in time", extra={
+                "source": label, "timeout_seconds": self.settings.body_timeout_seconds})
+            await _json(send, 408, {"error": "the body did not arrive within "
+                                             f"{self.settings.body_timeout_seconds:g}s"},
+                        close=True)
+            return
         except ConnectionError:
             return  # the client hung up mid-body: nothing was stored, nobody to answer
         except BodyTooLarge:
