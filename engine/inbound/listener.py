@@ -132,7 +132,7 @@ class InboundHandler:
         log.warning("inbound frame too large", extra={"peer": str(peer)})
         # answered for the message it began with (its MSH, MSH-10), so the sender can match it
         msh = head if head.lstrip(b"\r\n\x00 ").startswith(b"MSH") else b""
-        return self._ack(msh, "AE", "oversize", error=err, msa2=read_msh10(head) or "")
+        return self._ack(msh, "AE", "oversize", error=err, msa2=(read_msh10(head) or "")[:199])
 
     async def handle(self, frame: bytes, peer: Peer) -> bytes:
         try:
@@ -152,7 +152,7 @@ class InboundHandler:
         except SiuError as e:
             log.info("inbound message unreadable", extra={"code": e.code})
             return self._ack(frame if frame.lstrip(b"\r\n\x00 ").startswith(b"MSH") else b"",
-                             "AE", "error", error=e, msa2=read_msh10(frame) or "")
+                             "AE", "error", error=e, msa2=(read_msh10(frame) or "")[:199])
         cs = _UTF8
         if msh.charset:  # MSH-18 says how this message is written: it wins over the channel's
             codec = msh18_codec(msh.charset)
