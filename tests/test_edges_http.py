@@ -5,17 +5,11 @@ from outside quoted in stored error texts only up to a bound."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
 from engine.sim.bookings import compact, sign
-from tests.conftest import SHARED
+from tests.calcom_factory import load_sample as sample
 from tests.engine_harness import SECRET, running_engine
-
-
-def sample(name: str) -> dict[str, Any]:
-    return json.loads((SHARED / "calcom" / "webhooks" / f"{name}.json").read_text())
 
 
 async def test_an_organizer_id_of_thousands_of_digits_is_quoted_only_in_part(

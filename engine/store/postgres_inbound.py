@@ -43,26 +43,23 @@ RETURNING j.id, j.message_id, j.channel, j.ehr_appointment_id, j.trigger, j.para
           j.attempts, j.lease
 """
 
-# One round trip: a resend (same sender, MSH-10 and content digest, or a row from before
-# digests) is answered from the row we have; anything else is stored, and `earlier` says
-# whether the sender had already used this MSH-10 for other content.
+# The common case in one round trip: stored unless the sender already sent this MSH-10 with
+# this content (or before digests existed: any content); RETURNING sees the table as it was
+# before the insert, so it says whether the MSH-10 had been used for other content. A
+# resend (nothing inserted) is then read back by _SAME.
 _ACCEPT = """
-WITH earlier AS (
-    SELECT id, ack_code, digest FROM inbound_messages WHERE sender = $2 AND control_id = $3
-), same AS (
-    SELECT id, ack_code FROM earlier WHERE digest = $9 OR digest IS NULL ORDER BY id LIMIT 1
-), ins AS (
-    INSERT INTO inbound_messages (channel, sender, control_id, trigger, ehr_appointment_id,
-                                  payload, ack_code, received_at, digest)
-    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bytea, $7::text, $8::float8,
-           $9::text
-    WHERE NOT EXISTS (SELECT 1 FROM same)
-    ON CONFLICT (sender, control_id, digest) DO NOTHING
-    RETURNING id
-)
-SELECT (SELECT id FROM ins), (SELECT id FROM same), (SELECT ack_code FROM same),
-       (SELECT count(*) FROM earlier)
+INSERT INTO inbound_messages (channel, sender, control_id, trigger, ehr_appointment_id, payload,
+                              ack_code, received_at, digest)
+SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bytea, $7::text, $8::float8,
+       $9::text
+WHERE NOT EXISTS (SELECT 1 FROM inbound_messages WHERE sender = $2 AND control_id = $3
+                  AND (digest = $9 OR digest IS NULL))
+ON CONFLICT (sender, control_id, digest) DO NOTHING
+RETURNING id, EXISTS (SELECT 1 FROM inbound_messages e WHERE e.sender = $2
+                      AND e.control_id = $3)
 """
+_SAME = ("SELECT id, ack_code FROM inbound_messages WHERE sender = $1 AND control_id = $2"
+         " AND (digest = $3 OR digest IS NULL) ORDER BY id LIMIT 1")
 
 _HELD = ("SELECT current_uid, status, start_at, end_at, provider_id, event_type_id"
          " FROM inbound_blocks WHERE channel = $1 AND ehr_appointment_id = $2")
@@ -81,18 +78,20 @@ class PostgresInboundMixin:
                 _ACCEPT, msg.channel, pg_text(msg.sender), pg_text(msg.control_id),
                 pg_text(msg.trigger), pg_text(msg.ehr_appointment_id), msg.payload,
                 msg.ack_code, msg.received_at, digest)
-            new_id, same_id, same_ack, earlier = row
-            if new_id is None:
-                if same_id is None:  # the same message from another node, not committed yet
+            if row is None:
+                same = await conn.fetchrow(_SAME, pg_text(msg.sender), pg_text(msg.control_id),
+                                           digest)
+                if same is None:  # the same message from another node, not committed yet
                     raise _Retry()
-                return InboundAccept(same_id, True, same_ack)
+                return InboundAccept(same[0], True, same[1])
+            new_id, earlier = row
             if msg.job_params is not None:
                 await conn.execute(
                     "INSERT INTO inbound_jobs (message_id, channel, ehr_appointment_id, trigger,"
                     " params, status, created_at) VALUES ($1,$2,$3,$4,$5,'queued',$6)",
                     new_id, msg.channel, pg_text(msg.ehr_appointment_id), pg_text(msg.trigger),
                     _J(msg.job_params), msg.received_at)
-            return InboundAccept(new_id, False, msg.ack_code, reused_id=earlier > 0)
+            return InboundAccept(new_id, False, msg.ack_code, reused_id=earlier)
 
         for _ in range(20):
             try:
