@@ -164,6 +164,15 @@ async def test_a_vertical_tab_inside_a_message_is_data_by_default(ehr: Env) -> N
     await ehr.worker.drain()
     jobs = await ehr.store.inbound_jobs(None, 10)
     assert [(j["control_id"], j["status"]) for j in jobs] == [("VT0001", "done")]
+    # a sender that gives up on a frame and starts the next message: the cut one is not
+    # mixed into the next (which is stored as sent) and gets no answer; it will be resent
+    cut = siu("S12", "VTCUT1", "R4002", slot(4, 12)).encode()[:150]
+    whole = siu("S15", "VTNEXT1", "R4003", slot(4, 13)).encode()
+    ack, _ = await send_hl7_bytes(ehr.port, cut + b"\x0b" + whole)
+    assert (ack.code, ack.control_id) == ("AA", "VTNEXT1")
+    jobs = await ehr.store.inbound_jobs(None, 10)
+    assert [(j["control_id"], j["ehr_appointment_id"], j["trigger"]) for j in jobs][1:] == [
+        ("VTNEXT1", "R4003", "S15")]
     # the other choice, per listener: a 0x0B starts a new frame (the cut message gets no
     # answer, and what follows the 0x0B none it can match)
     server = await start_listener("127.0.0.1", 0, store=ehr.store,
@@ -175,7 +184,7 @@ async def test_a_vertical_tab_inside_a_message_is_data_by_default(ehr: Env) -> N
         assert cut.code == "AE" and cut.control_id is None
     finally:
         await shutdown(server)
-    assert (await ehr.store.inbound_counts())["inbound_messages"] == 1
+    assert (await ehr.store.inbound_counts())["inbound_messages"] == 2
 
 
 async def test_frames_ended_without_a_cr_are_answered(ehr: Env) -> None:

@@ -28,6 +28,7 @@ from engine.mllp import (
     shutdown,
 )
 from engine.connection import ConnectionSettings, TlsSettings
+from engine.mllp.framing import VtInFrame
 from engine.mllp.tls import server_ssl_context
 from tests.conftest import free_port
 from tests.engine_harness import eventually
@@ -64,13 +65,14 @@ async def read_reply(reader: asyncio.StreamReader) -> bytes:
 # ------------------------------------------------------------------ FrameReader, fed bytes
 
 
-async def frames_from(chunks: list[bytes], max_frame_bytes: int = 1024) -> list[object]:
+async def frames_from(chunks: list[bytes], max_frame_bytes: int = 1024,
+                      vt_in_frame: VtInFrame = "restart") -> list[object]:
     """Everything a FrameReader yields for a byte stream split into the given chunks."""
     reader = asyncio.StreamReader()
     for c in chunks:
         reader.feed_data(c)
     reader.feed_eof()
-    fr = FrameReader(reader, max_frame_bytes)
+    fr = FrameReader(reader, max_frame_bytes, vt_in_frame=vt_in_frame)
     out: list[object] = []
     while True:
         try:
@@ -106,6 +108,35 @@ async def frames_from(chunks: list[bytes], max_frame_bytes: int = 1024) -> list[
 )
 async def test_frame_reader_streams(chunks: list[bytes], expected: list[object]) -> None:
     assert await frames_from(chunks) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([b"\x0bA\x0bB\x1c\r"], [b"A\x0bB"]),  # a 0x0B in the text is data
+        ([b"\x0bA\x0b", b"B\x1c\r"], [b"A\x0bB"]),
+        # 0x0B then MSH: the sender gave up on the frame and a new message begins
+        ([b"\x0bMSH|cut\x0bMSH|NEW\x1c\r"], [b"MSH|NEW"]),
+        ([b"\x0bMSH|cut\x0bM", b"SH|NEW\x1c\r"], [b"MSH|NEW"]),  # split across reads
+        ([b"\x0bMSH|a\x0bnote\x1c\r\x0bMSH|b\x1c\r"], [b"MSH|a\x0bnote", b"MSH|b"]),
+    ],
+)
+async def test_frame_reader_keeps_a_vertical_tab_as_data(chunks: list[bytes],
+                                                         expected: list[object]) -> None:
+    assert await frames_from(chunks, vt_in_frame="data") == expected
+
+
+async def test_a_new_message_start_split_across_reads_is_still_seen() -> None:
+    reader = asyncio.StreamReader()
+    fr = FrameReader(reader, vt_in_frame="data")
+    reader.feed_data(b"\x0bMSH|cut\x0bM")
+    pending = asyncio.ensure_future(fr.read_frame())
+    await asyncio.sleep(0.01)  # the reader has looked at the first bytes alone
+    assert not pending.done()
+    reader.feed_data(b"SH|NEW\x1c\r")
+    reader.feed_eof()
+    assert await asyncio.wait_for(pending, 2) == b"MSH|NEW"
+    assert fr.restarted_frames == 1
 
 
 async def test_frame_too_large_reports_size() -> None:

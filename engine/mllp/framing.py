@@ -27,10 +27,13 @@ DEFAULT_MAX_FRAME_BYTES: int = 1_048_576
 DEFAULT_END_GRACE_SECONDS: float = 0.2
 _CHUNK = 65_536
 _HEAD = 1024  # bytes of an oversize frame kept for its answer (enough for the MSH)
+_NEW_MESSAGE = SB + b"MSH"
 
 # What a 0x0B inside an open frame means:
 # - "data": a byte of the message (a line break pasted into a note by some EHR front ends);
-#   the frame still ends at its 0x1C. The listener's default: the message is kept.
+#   the frame still ends at its 0x1C. The listener's default: the message is kept. Except a
+#   0x0B followed by "MSH", which no note holds: the sender abandoned the frame and a new
+#   message begins (else the cut message's MSH would be stored with the next one's body).
 # - "restart": the sender gave up on the frame and began another; the cut frame gets no reply
 #   and the sender resends it. What a client reading replies uses: an ACK holds no free text.
 VtInFrame = Literal["data", "restart"]
@@ -45,8 +48,9 @@ class FrameReader:
     """Reads MLLP frames from an asyncio.StreamReader.
 
     - bytes outside a frame (CR, LF, noise) are skipped up to the next 0x0B;
-    - a 0x0B inside an open frame is data or starts a new frame, per `vt_in_frame` (above);
-      restarts are counted in `restarted_frames`;
+    - a 0x0B inside an open frame is data or starts a new frame, per `vt_in_frame` (above;
+      with "data", a 0x0B followed by "MSH" still starts one); restarts are counted in
+      `restarted_frames`;
     - a frame ends at 0x1C 0x0D; a 0x1C followed by anything else, or by nothing for
       `end_grace_seconds`, ends it too (senders that leave the CR out);
     - a frame over `max_frame_bytes` is discarded up to its end, then FrameTooLarge is raised
@@ -103,8 +107,12 @@ class FrameReader:
                 self._in_frame = True
                 self._scan = 0
             end = buf.find(EB, self._scan)
-            if self._restart and not self._discarding:
-                restart = buf.rfind(SB, self._scan, end if end >= 0 else len(buf))
+            if not self._discarding:
+                limit = end if end >= 0 else len(buf)
+                if self._restart:
+                    restart = buf.rfind(SB, self._scan, limit)
+                else:  # "MSH" cannot hold the 0x1C, so the search may run past `end`
+                    restart = buf.rfind(_NEW_MESSAGE, self._scan, min(limit + 3, len(buf)))
                 if restart >= 0:
                     self.restarted_frames += 1
                     del buf[: restart + 1]
@@ -122,7 +130,8 @@ class FrameReader:
                     buf.clear()
                     self._scan = 0
                 else:
-                    self._scan = len(buf)
+                    # the last bytes again next time: a 0x0B whose "MSH" has not come yet
+                    self._scan = len(buf) if self._restart else max(0, len(buf) - 3)
                 return None
             if end + 1 == len(buf) and not self._end_expired:
                 self._scan = end  # found again next time
