@@ -25,18 +25,13 @@ import uvicorn
 
 from engine.aio import sleep_or_stop
 from engine.calcom.api import CalcomApi
-from engine.calcom.reconcile import run_reconciler
-from engine.channels.config import (
-    Config,
-    ConfigError,
-    Destination,
-    config_fingerprint,
-    load_config,
-)
+from engine.config.destinations import Destination
+from engine.config.files import ConfigError
+from engine.config.inbound import InboundConfig, load_inbound_config, own_applications_of
+from engine.config.outbound import Config, config_fingerprint, load_config
 from engine.delivery.worker import DestinationWorker
 from engine.http.asgi import HttpSettings, Readiness, WebhookApp
 from engine.http.protocol import bounded_http_protocol
-from engine.inbound.config import InboundConfig, load_inbound_config, own_applications_of
 from engine.inbound.listener import start_listener
 from engine.inbound.worker import InboundWorker
 from engine.metrics import Metrics
@@ -44,6 +39,7 @@ from engine.mllp.framing import VtInFrame
 from engine.mllp.server import shutdown as shutdown_mllp
 from engine.mllp.tls import server_ssl_context
 from engine.processing import Processor, helper_process_init, warm_helper
+from engine.reconcile import run_reconciler
 from engine.store import open_store
 from engine.store.base import Store
 

@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.mllp_max_connections = args.mllp_max_connections
         settings.mllp_processing_ids = tuple(
             v.strip().upper() for v in args.mllp_processing_ids.split(",") if v.strip())
-    from engine.channels.config import ConfigError
+    from engine.config.files import ConfigError
     from engine.store.lock import StoreInUse
 
     try:
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_init)
 
     operator.register(sub, store_args)
-    from engine.channels import cli as channels_cli
+    from engine.config import cli as channels_cli
     from engine.inbound import cli as inbound_cli
     from engine.sim import cli as sim_cli
 

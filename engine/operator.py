@@ -150,8 +150,9 @@ async def cmd_reprocess(store: Store, args: argparse.Namespace) -> int:
     """Render a message again with today's channel files (after a mapping fix): it keeps its
     place in its lane and gets a new MSH-10, since its content changed."""
     from engine.appointments.model import AppointmentEvent
-    from engine.channels.config import ConfigError, load_config
     from engine.channels.routing import render_message
+    from engine.config.files import ConfigError
+    from engine.config.outbound import load_config
     from engine.hl7.controlid import new_control_id
 
     msg = await store.message(args.id)

@@ -190,7 +190,7 @@ def bench_render_suite(seconds: float) -> None:
 async def _raw_mllp(port: int, payloads: list[bytes], connections: int) -> float:
     from engine.hl7.ack import parse_ack
     from engine.mllp.client import open_connection
-    from engine.connection import ConnectionSettings
+    from engine.mllp.settings import ConnectionSettings
 
     conns = [await open_connection("127.0.0.1", port, ConnectionSettings())
              for _ in range(connections)]
@@ -334,11 +334,11 @@ def engine_has_mllp() -> bool:
 
 
 async def _senders(port: int, n: int, senders: int, app: str) -> tuple[float, dict[str, int]]:
-    from engine.hl7.ack import parse_ack
-    from engine.mllp.client import open_connection
-    from engine.connection import ConnectionSettings
     from datetime import UTC, datetime, timedelta
 
+    from engine.hl7.ack import parse_ack
+    from engine.mllp.client import open_connection
+    from engine.mllp.settings import ConnectionSettings
     from load.mllp_user import siu
 
     start = datetime(2026, 6, 15, 13, 0, tzinfo=UTC)
@@ -425,8 +425,8 @@ def make_backlog(data: Path, n: int, per_lane: int = 4) -> float:
     channel with a unique MSH-10 each. Returns the seconds it took."""
     from datetime import UTC, datetime
 
-    from engine.channels.config import load_config
     from engine.channels.routing import render_message
+    from engine.config.outbound import load_config
     from engine.store.sqlite import SQLiteStore
     from load.bench_render import sample_event
 

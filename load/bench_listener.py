@@ -50,7 +50,7 @@ def _serve(data_dir: str, conn: object, linger_ms: float | None = None) -> None:
     """Child process: the listener on a fresh SQLite store."""
 
     async def main() -> None:
-        from engine.inbound.config import load_inbound_config
+        from engine.config.inbound import load_inbound_config
         from engine.inbound.listener import start_listener
         from engine.metrics import Metrics
         from engine.store.sqlite import SQLiteStore

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.appointments.model import (  # noqa: E402
     AppointmentEvent, EventKind, EventType, Location, LocationKind, Patient, Provider,
 )
-from engine.channels.config import load_config  # noqa: E402
+from engine.config.outbound import load_config  # noqa: E402
 from engine.channels.routing import render_message  # noqa: E402
 from engine.hl7.controlid import new_control_id  # noqa: E402
 

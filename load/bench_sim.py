@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.hl7.ack import parse_ack  # noqa: E402
 from engine.mllp.client import open_connection  # noqa: E402
-from engine.connection import ConnectionSettings  # noqa: E402
+from engine.mllp.settings import ConnectionSettings  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "fixtures" / "hl7" / "siu_s12_v251.hl7"
 SAMPLE_ID = b"S12-20261005-000017"  # its MSH-10

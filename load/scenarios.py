@@ -176,7 +176,7 @@ class ChannelRule:
 
 
 def channel_rules(channels_dir: str | Path) -> list[ChannelRule]:
-    from engine.channels.config import load_config
+    from engine.config.outbound import load_config
 
     config = load_config(channels_dir)
     rules = []

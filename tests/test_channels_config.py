@@ -12,9 +12,9 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from engine.channels.config import ConfigError, config_fingerprint, json_schema, load_config
+from engine.config.files import ConfigError
+from engine.config.outbound import config_fingerprint, json_schema, load_config
 from tests.conftest import FIXTURES, REPO
-
 
 GOOD_DEST = """\
 name: ehr-main
@@ -180,7 +180,7 @@ def test_json_schema_describes_both_files() -> None:
 def run_cli(*argv: str) -> int:
     import argparse
 
-    from engine.channels.cli import register
+    from engine.config.cli import register
 
     parser = argparse.ArgumentParser(prog="calhl7")
     register(parser.add_subparsers(required=True))
@@ -244,7 +244,7 @@ def test_the_readme_render_example_works(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_an_inbound_channel_with_a_charset_that_changes_ascii_bytes_is_refused(
         tmp_path: Path) -> None:
-    from engine.inbound.config import load_inbound_config
+    from engine.config.inbound import load_inbound_config
 
     shutil.copytree(REPO / "channels", tmp_path / "channels")
     inbound = tmp_path / "channels" / "inbound" / "ehr-main.yaml"

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from engine.channels.config import load_config
+from engine.config.outbound import load_config
 from engine.sim.bookings import StoryTeller, compact, sign
 from tests.conftest import REPO, free_port
 from tests.engine_harness import eventually

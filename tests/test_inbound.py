@@ -17,9 +17,9 @@ import pytest
 import uvicorn
 
 from engine.calcom.api import CalcomApi, RateBudget
+from engine.config.inbound import InboundConfig, load_inbound_config
 from engine.hl7.ack import parse_ack
 from engine.http.asgi import HttpSettings, Readiness, WebhookApp
-from engine.inbound.config import InboundConfig, load_inbound_config
 from engine.inbound.echo import echo_origin, echo_uids
 from engine.inbound.listener import start_listener
 from engine.inbound.worker import InboundWorker
@@ -399,7 +399,7 @@ async def test_webhooks_for_our_blocks_are_recognised(env: Env) -> None:
 
 
 async def test_reschedule_on_a_confirmation_type_comes_back_pending_and_is_chained(env: Env) -> None:
-    from engine.inbound.config import InboundChannel, build_config
+    from engine.config.inbound import InboundChannel, build_config
 
     base = env.config.channels[CHANNEL]
     cara = InboundChannel.model_validate({

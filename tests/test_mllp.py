@@ -27,8 +27,8 @@ from engine.mllp import (
     serve,
     shutdown,
 )
-from engine.connection import ConnectionSettings, TlsSettings
 from engine.mllp.framing import VtInFrame
+from engine.mllp.settings import ConnectionSettings, TlsSettings
 from engine.mllp.tls import server_ssl_context
 from tests.conftest import free_port
 from tests.engine_harness import eventually

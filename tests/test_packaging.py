@@ -9,7 +9,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from engine.channels.config import load_config
+from engine.config.outbound import load_config
 from engine.hl7.render import DEFAULT_TEMPLATES, default_template, shipped_templates
 from engine.site_init import copy_data, example_channels
 from tests.conftest import REPO

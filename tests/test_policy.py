@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.delivery.policy import (
-    AckPolicy,
-    Decision,
-    Outcome,
-    RetryPolicy,
-    backoff_seconds,
-    budget_exhausted,
-    classify,
-)
+from engine.config.destinations import AckPolicy, Outcome, RetryPolicy
+from engine.delivery.policy import Decision, backoff_seconds, budget_exhausted, classify
 from engine.hl7.ack import AckInfo, parse_ack
 from tests.conftest import FIXTURES
 

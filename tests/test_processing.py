@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from engine.channels.config import load_config
+from engine.config.outbound import load_config
 from engine.metrics import Metrics
 from engine.processing import Batch, Processor, helper_process_init, process_batch
 from engine.sim.bookings import StoryTeller, compact

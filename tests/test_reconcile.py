@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from engine.calcom.api import CalcomApi
-from engine.calcom.reconcile import reconcile_once, run_reconciler
-from engine.channels.config import load_config
+from engine.config.outbound import load_config
 from engine.metrics import Metrics
 from engine.processing import Processor
+from engine.reconcile import reconcile_once, run_reconciler
 from engine.sim.bookings import compact
 from engine.store.base import IncomingWebhook
 from engine.store.sqlite import SQLiteStore

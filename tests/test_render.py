@@ -13,7 +13,7 @@ import hl7
 import pytest
 
 from engine.appointments.model import EventKind, Patient
-from engine.channels.config import Config, load_config
+from engine.config.outbound import Config, load_config
 from engine.channels.routing import OutboundMessage
 from engine.hl7.controlid import new_control_id
 from engine.hl7.escape import apply_charset, escape, field_path

@@ -13,7 +13,8 @@ import pytest
 from engine.appointments.model import (
     AppointmentEvent, EventKind, EventType, Location, LocationKind, Patient, Provider,
 )
-from engine.channels.config import Channel, Config, load_config
+from engine.channels.models import Channel
+from engine.config.outbound import Config, load_config
 from engine.channels.routing import OutboundMessage, route
 from engine.hl7.render import default_template
 from tests.conftest import REPO

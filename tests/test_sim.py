@@ -13,7 +13,7 @@ import pytest
 from engine.hl7.ack import AckInfo, parse_ack
 from engine.mllp import PeerClosed, ResponseTimeout, open_connection
 from engine.mllp.client import MLLPConnection
-from engine.connection import ConnectionSettings
+from engine.mllp.settings import ConnectionSettings
 from engine.sim.cli import policy_from_args, register
 from engine.sim.ehr import FieldRule, SimPolicy, field_value, run_sim, simulator_of, stop_sim
 from tests.conftest import FIXTURES

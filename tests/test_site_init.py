@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from engine.channels.config import Channel, Destination, load_config
+from engine.channels.models import Channel
 from engine.cli import main
+from engine.config.destinations import Destination
+from engine.config.inbound import InboundChannel, load_inbound_config
+from engine.config.outbound import load_config
 from engine.hl7.render import shipped_templates
-from engine.inbound.config import InboundChannel, load_inbound_config
 
 
 def option_names(schema: dict[str, Any]) -> set[str]:

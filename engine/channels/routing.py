@@ -24,10 +24,10 @@ the booking concerned (the S15 names the old uid, later events the new one).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from engine.appointments.model import (
@@ -39,11 +39,33 @@ from engine.appointments.model import (
     Patient,
     Provider,
 )
-from engine.channels.config import Channel, Config, Destination, EventTypeMap
+from engine.channels.models import Channel, EventTypeMap
 from engine.hl7.escape import apply_charset
 from engine.hl7.fields import MappedCodes, MappingError, siu_context
-from engine.hl7.render import TemplateError, patient_identifier
+from engine.hl7.render import SiuTemplate, TemplateError, patient_identifier
 from engine.texts import quoted
+
+
+class Destination(Protocol):
+    """What routing reads of a destination (`engine.config.destinations.Destination`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def lane_key(self) -> str: ...
+
+
+class Config(Protocol):
+    """What routing reads of a loaded channel directory (`engine.config.outbound.Config`)."""
+
+    @property
+    def channels(self) -> Sequence[Channel]: ...
+    @property
+    def destinations(self) -> Mapping[str, Destination]: ...
+    @property
+    def templates(self) -> Mapping[str, SiuTemplate]: ...
 
 
 @dataclass(frozen=True, slots=True)

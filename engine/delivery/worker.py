@@ -21,8 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from engine.aio import sleep_or_stop
-from engine.channels.config import Destination
-from engine.delivery.policy import Outcome, backoff_seconds, budget_exhausted, classify
+from engine.config.destinations import Destination, Outcome
+from engine.delivery.policy import backoff_seconds, budget_exhausted, classify
 from engine.hl7.ack import AckInfo, parse_ack
 from engine.metrics import Metrics
 from engine.mllp.client import Backoff, MLLPConnection, open_connection

@@ -82,7 +82,7 @@ def _open(args: argparse.Namespace) -> Any:
 
 def _reconcile(args: argparse.Namespace) -> int:
     from engine.calcom.api import CalcomApi, CalcomError
-    from engine.calcom.reconcile import ReconcileSummary, reconcile_once
+    from engine.reconcile import ReconcileSummary, reconcile_once
 
     if not os.environ.get("CALHL7_CALCOM_API_KEY"):
         print("calhl7: set CALHL7_CALCOM_API_KEY (a Cal.com API key) to reconcile.",

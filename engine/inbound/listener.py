@@ -34,9 +34,9 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from engine.config.inbound import InboundConfig
 from engine.hl7.ack import build_ack, read_msh10
 from engine.hl7.escape import codec_name, msh18_codec
-from engine.inbound.config import InboundConfig
 from engine.inbound.siu import MshInfo, SiuError, read_content, read_msh, segments
 from engine.metrics import Metrics
 from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES, VtInFrame

@@ -43,7 +43,7 @@ from engine.calcom.api import (
     CalcomUnavailable,
 )
 from engine.calcom.models import ApiBooking
-from engine.inbound.config import InboundChannel, InboundConfig
+from engine.config.inbound import InboundChannel, InboundConfig
 from engine.metrics import Metrics
 from engine.store.inbound_records import (
     BLOCK_CANCELLED,

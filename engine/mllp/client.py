@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 
 from engine.backoff import backoff_delay
-from engine.connection import ConnectionSettings
+from engine.mllp.settings import ConnectionSettings
 
 from .errors import (
     ConnectFailed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from engine.connection import TlsSettings
+from engine.mllp.settings import TlsSettings
 
 
 def client_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:

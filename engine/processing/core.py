@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from engine.appointments.normalize import normalize
 from engine.appointments.state import AppointmentState
-from engine.channels.config import Config
 from engine.channels.routing import OutboundMessage, route
+from engine.config.outbound import Config
 from engine.hl7.controlid import new_control_id
 from engine.store import base
 from engine.store.base import AuditEntry, NewMessage, ProcessedEvent, StoredEvent

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from engine.channels.config import Config, load_config
+from engine.config.outbound import Config, load_config
 from engine.processing.core import Batch, BatchResult, process_batch
 from engine.processing.inputs import gather_inputs
 from engine.store.base import BatchReader

@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 
 from engine.aio import sleep_or_stop
-from engine.channels.config import Config
+from engine.config.outbound import Config
 from engine.metrics import Metrics
 from engine.processing.core import Batch, BatchResult, process_batch
 from engine.processing.helper import (

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from engine.store.inbound_records import (
     HeldBlock,
@@ -28,9 +28,6 @@ from engine.store.inbound_records import (
 )
 
 # received_events.state
-if TYPE_CHECKING:
-    from engine.calcom.check import WebhookCheck
-
 PENDING = "pending"  # accepted, not yet normalized
 PROCESSED = "processed"
 QUARANTINED = "quarantined"  # signed but unusable: kept raw for a fix and a reprocess
@@ -48,6 +45,19 @@ class NotPending(RuntimeError):
     the batch was written."""
 
 
+class Verdict(Protocol):
+    """What the request-path check found in a signed body (`engine.calcom.check` decides)."""
+
+    @property
+    def disposition(self) -> str: ...  # accept | quarantine | ignore
+    @property
+    def trigger(self) -> str | None: ...
+    @property
+    def booking_uid(self) -> str | None: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingWebhook:
     source: str
@@ -63,7 +73,7 @@ class IncomingWebhook:
 
     @classmethod
     def from_check(cls, source: str, body: bytes, content_type: str | None,
-                   check: WebhookCheck, correlation_id: str) -> IncomingWebhook:
+                   check: Verdict, correlation_id: str) -> IncomingWebhook:
         """What intake keeps of a signed body (from HTTP or from reconciliation): the bytes as
         received, and the check's findings as lookup columns."""
         return cls(

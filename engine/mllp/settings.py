@@ -1,5 +1,5 @@
-"""Connection settings for one MLLP peer: shared by the channel files (a destination's
-connection) and the MLLP client, so neither has to import the other."""
+"""Connection and TLS settings for one MLLP peer: the MLLP client reads them, and a
+destination's `connection:` in the channel files is validated against them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 One file per EHR interface in `<channels dir>/inbound/*.yaml` (name defaults to the file stem),
 loaded with the same `${VAR:-default}` interpolation and all-problems-at-once reporting as the
-outbound channel files (`engine.channels.config`). The outbound loader reads only the top level
+outbound channel files (`engine.config.files`). The outbound loader reads only the top level
 of the channel directory, so these files never get mistaken for outbound channels; the
 directory fingerprint already covers them, so hot reload sees their changes.
 
@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from engine.channels.config import ConfigError, Problem, _line_for, _read, _validate
+from engine.config.files import ConfigError, Problem, line_for, read_yaml, validate, yaml_files
 from engine.hl7.escape import check_wire_charset
 
 Trigger = Literal["S12", "S13", "S14", "S15"]
@@ -171,31 +171,30 @@ def load_inbound_config(
     channels: list[InboundChannel] = []
     where: dict[tuple[str, str], str] = {}
     names: dict[str, str] = {}
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
-    for path in files:
+    for path in yaml_files(folder):
         shown = str(path.relative_to(root))
-        data, lines = _read(path, shown, problems)
+        data, lines = read_yaml(path, shown, problems)
         if data is None:
             continue
         data.setdefault("name", path.stem)
-        ch = _validate(InboundChannel, data, shown, lines, problems)
+        ch = validate(InboundChannel, data, shown, lines, problems)
         if ch is None:
             continue
         if ch.name in names:
-            problems.append(Problem(shown, "name", _line_for(lines, ("name",)),
+            problems.append(Problem(shown, "name", line_for(lines, ("name",)),
                                     f"inbound channel {ch.name!r} is also defined in "
                                     f"{names[ch.name]}"))
             continue
         key = (ch.sending_application, ch.sending_facility)
         if key in where:
             problems.append(Problem(shown, "sending_application",
-                                    _line_for(lines, ("sending_application",)),
+                                    line_for(lines, ("sending_application",)),
                                     f"sender {key[0]}/{key[1] or '*'} is already taken by "
                                     f"{where[key]}"))
             continue
         if ch.sending_application in own_applications:
             problems.append(Problem(shown, "sending_application",
-                                    _line_for(lines, ("sending_application",)),
+                                    line_for(lines, ("sending_application",)),
                                     "that is our own MSH-3: messages from it are echoes"))
             continue
         where[key] = shown

@@ -1,6 +1,6 @@
 """Channel verbs for the `calhl7` CLI: check, schema, render (a preview of the SIU a booking makes).
 
-The lead wires them in with `register(subparsers)`; each verb's `func` takes the parsed args
+`engine.cli` wires them in with `register(subparsers)`; each verb's `func` takes the parsed args
 and returns an exit code. Output names files, paths and fields; `render` prints the message
 itself on purpose (it is an analyst's preview of synthetic or test bookings).
 """
@@ -18,8 +18,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engine.channels.config import Config, ConfigError, json_schema, load_config
+from engine.appointments.normalize import normalize
 from engine.channels.routing import OutboundMessage, probe_message, route
+from engine.config.files import ConfigError
+from engine.config.inbound import load_inbound_config, own_applications_of
+from engine.config.outbound import Config, json_schema, load_config
 
 DEFAULT_DIR = os.environ.get("CALHL7_CHANNELS", "channels")
 
@@ -82,8 +85,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{shown}: hl7.template: sample booking: {problem}", file=sys.stderr)
             bad += 1
     # inbound/*.yaml too: `serve` refuses to start on a problem there as well
-    from engine.inbound.config import load_inbound_config, own_applications_of
-
     try:
         inbound = load_inbound_config(args.dir, own_applications_of(config))
     except ConfigError as exc:
@@ -152,8 +153,6 @@ def _print_message(m: OutboundMessage, fields: bool) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from engine.appointments.normalize import normalize  # lazy: written in parallel, heavy
-
     channel_file = args.channel.resolve()
     config = _load(channel_file.parent)
     if config is None:
