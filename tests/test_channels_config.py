@@ -13,7 +13,8 @@ import pydantic
 import pytest
 
 from engine.config.files import ConfigError
-from engine.config.outbound import config_fingerprint, json_schema, load_config
+from engine.channels.models import Channel
+from engine.config.outbound import Config, config_fingerprint, json_schema, load_config
 from tests.conftest import FIXTURES, REPO
 
 GOOD_DEST = """\
@@ -160,6 +161,21 @@ def test_custom_template_is_compiled_and_probed(tmp_path: Path) -> None:
     (tmp_path / "templates" / "ok.j2").write_text("MSH|{% if %}\n")
     found = problems_of(tmp_path)
     assert len(found) == 1 and found[0].startswith("fm.yaml:7: hl7.template:") and "ok.j2:1" in found[0]
+
+
+def test_the_loader_runs_the_probe_it_is_handed(tmp_path: Path) -> None:
+    write(tmp_path, {"destinations/ehr-main.yaml": GOOD_DEST, "fm.yaml": GOOD_CHANNEL})
+    seen: list[str] = []
+
+    def probe(config: Config, channel: Channel) -> str | None:
+        seen.append(channel.name)
+        return "refused by the probe" if channel.name == "fm" else None
+
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path, probe=probe)
+    assert seen == ["fm"]
+    assert [str(p) for p in exc.value.problems] == ["fm.yaml: hl7.template: refused by the probe"]
+    assert load_config(tmp_path, probe=lambda config, channel: None).channel("fm").name == "fm"
 
 
 def test_json_schema_describes_both_files() -> None:
