@@ -56,7 +56,7 @@ class Config:
 
 
 # The error a channel's template raises on a sample booking, or None.
-Probe = Callable[[Config, Channel], "str | None"]
+Probe = Callable[[Config, Channel], str | None]
 
 
 def load_config(directory: str | os.PathLike[str], *, probe: Probe = probe_render) -> Config:
