@@ -314,8 +314,8 @@ async def test_a_node_stalled_in_a_store_read_does_not_send_on_a_lease_it_lost(
 
 
 async def _send_big_to(policy: SimPolicy, size: int) -> tuple[type[BaseException], float]:
-    from engine.connection import ConnectionSettings
     from engine.mllp.client import open_connection
+    from engine.mllp.settings import ConnectionSettings
     from engine.sim.ehr import run_sim, stop_sim
 
     server = await run_sim("127.0.0.1", 0, policy)
