@@ -54,9 +54,8 @@ def _serve(data_dir: str, conn: object, linger_ms: float | None = None) -> None:
         from engine.inbound.listener import start_listener
         from engine.metrics import Metrics
         from engine.store.sqlite import SQLiteStore
-        from engine.store.sqlite_inbound import SQLiteInboundMixin
 
-        class Store(SQLiteInboundMixin, SQLiteStore):
+        class Store(SQLiteStore):  # its own class: the linger set below stays in this run
             pass
 
         if linger_ms is not None:

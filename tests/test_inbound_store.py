@@ -123,7 +123,8 @@ _OLD_ROW = ("ch", "EHR|FAC", "OLD1", "S12", "A1", b"MSH|^~\\&|EHR|FAC", "AA", 1.
 async def _store_before_digests(kind: str, tmp_path: Path) -> Any:
     """A store at the schema before content digests, holding one message and its job."""
     if kind == "sqlite":
-        from engine.store.sqlite import SQLiteStore, _statements
+        from engine.store.sqlite import SQLiteStore
+        from engine.store.sqlite.core import _statements
 
         path = tmp_path / "old.sqlite3"
         conn = sqlite3.connect(path, isolation_level=None)

@@ -1,6 +1,5 @@
-"""PostgreSQL side of the inbound path and of reconciliation, as a mixin for PostgresStore.
-
-Uses the store's asyncpg pool (`self._p()`, `self._tx(fn)`). Several nodes may run inbound
+"""Inbound on PostgreSQL: the listener's SIU and its Cal.com job, the worker's claims and
+outcomes, the no-echo origins, and the reconciliation watermark. Several nodes may run inbound
 workers on one database: job heads are claimed with `FOR UPDATE SKIP LOCKED` and a lease, and
 an outcome only counts while the job's lease number is the one the worker claimed (a node
 whose lease lapsed decides nothing). Tables: sql/postgres/0002_inbound.sql, and 0005 (the
@@ -22,7 +21,8 @@ from engine.store.inbound_records import (
     JobOutcome,
     content_digest,
 )
-from engine.store.postgres_common import audit_operator, pg_text
+from engine.store.postgres.common import pg_text
+from engine.store.postgres.core import PostgresCore
 
 _J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -65,9 +65,7 @@ _HELD = ("SELECT current_uid, status, start_at, end_at, provider_id, event_type_
          " FROM inbound_blocks WHERE channel = $1 AND ehr_appointment_id = $2")
 
 
-class PostgresInboundMixin:
-    _p: Any  # provided by PostgresStore
-    _tx: Any
+class PostgresInbound(PostgresCore):
 
     # ------------------------------------------------------------------ listener
     async def accept_inbound(self, msg: InboundMessage) -> InboundAccept:
@@ -176,47 +174,11 @@ class PostgresInboundMixin:
                 "SELECT uid, channel FROM inbound_uids WHERE uid = ANY($1::text[])", wanted)
         return {r[0]: r[1] for r in rows}
 
-    # ------------------------------------------------------------------ operators, tests
+    # ------------------------------------------------------------------ held blocks
     async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
         async with self._p().acquire() as conn:
             row = await conn.fetchrow(_HELD, channel, ehr_appointment_id)
         return HeldBlock(channel, ehr_appointment_id, *row) if row else None
-
-    async def inbound_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        async with self._p().acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT j.id, j.channel, j.ehr_appointment_id, j.trigger, j.status, j.attempts,"
-                " j.last_error, j.result, j.created_at, j.done_at, m.control_id"
-                " FROM inbound_jobs j JOIN inbound_messages m ON m.id = j.message_id"
-                " WHERE ($1::text IS NULL OR j.status = $1) ORDER BY j.id LIMIT $2",
-                status, limit)
-        keys = ("id", "channel", "ehr_appointment_id", "trigger", "status", "attempts",
-                "error", "result", "created_at", "done_at", "control_id")
-        out = []
-        for r in rows:
-            d = dict(zip(keys, tuple(r), strict=True))
-            d["result"] = json.loads(d["result"]) if d["result"] else None
-            out.append(d)
-        return out
-
-    async def inbound_retry_job(self, job_id: int, who: str) -> bool:
-        async def fn(conn: Any) -> bool:
-            status = await conn.execute(
-                "UPDATE inbound_jobs SET status = 'queued', ready_at = 0, lease_until = NULL,"
-                " done_at = NULL WHERE id = $1 AND status = 'dead'", job_id)
-            changed = status.endswith(" 1")
-            if changed:
-                await audit_operator(conn, "inbound_retry", who, None, {"inbound_job": job_id})
-            return changed
-
-        return await self._tx(fn)
-
-    async def inbound_counts(self) -> dict[str, int]:
-        async with self._p().acquire() as conn:
-            out = {f"inbound_jobs_{s}": n for s, n in await conn.fetch(
-                "SELECT status, COUNT(*) FROM inbound_jobs GROUP BY status")}
-            out["inbound_messages"] = await conn.fetchval("SELECT COUNT(*) FROM inbound_messages")
-        return out
 
     # ------------------------------------------------------------------ reconciliation
     async def reconcile_watermark(self, source: str) -> datetime | None:

@@ -1,4 +1,5 @@
-"""SQLite side of the inbound path and of reconciliation, as a mixin for SQLiteStore.
+"""Inbound on SQLite: the listener's SIU and its Cal.com job, the worker's claims and
+outcomes, the no-echo origins, and the reconciliation watermark.
 
 Every method runs on the store's writer thread through `self._call(fn)`, so an inbound SIU is
 group-committed with whatever else is waiting (webhooks, outcomes): one fsync for a burst.
@@ -23,14 +24,12 @@ from engine.store.inbound_records import (
     JobOutcome,
     content_digest,
 )
-from engine.store.sqlite_common import audit_operator
+from engine.store.sqlite.core import SQLiteCore
 
 _J = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-class SQLiteInboundMixin:
-    _call: Any  # provided by SQLiteStore
-    _read: Any  # provided by SQLiteStore
+class SQLiteInbound(SQLiteCore):
     # adaptive group commit: wait up to this long for as many messages as the last batch had
     inbound_linger_seconds: float = 0.001
 
@@ -189,52 +188,9 @@ class SQLiteInboundMixin:
         Asked on every processing batch: a read, never waiting for a commit."""
         return await self._read(lambda c: read_inbound_origins(c, uids))
 
-    # ------------------------------------------------------------------ operators, tests
+    # ------------------------------------------------------------------ held blocks
     async def inbound_block(self, channel: str, ehr_appointment_id: str) -> HeldBlock | None:
         return await self._call(lambda c: _held(c, channel, ehr_appointment_id))
-
-    async def inbound_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(
-                "SELECT j.id, j.channel, j.ehr_appointment_id, j.trigger, j.status, j.attempts,"
-                " j.last_error, j.result, j.created_at, j.done_at, m.control_id"
-                " FROM inbound_jobs j JOIN inbound_messages m ON m.id = j.message_id"
-                " WHERE (? IS NULL OR j.status = ?) ORDER BY j.id LIMIT ?",
-                (status, status, limit),
-            ).fetchall()
-            keys = ("id", "channel", "ehr_appointment_id", "trigger", "status", "attempts",
-                    "error", "result", "created_at", "done_at", "control_id")
-            out = []
-            for r in rows:
-                d = dict(zip(keys, r, strict=True))
-                d["result"] = json.loads(d["result"]) if d["result"] else None
-                out.append(d)
-            return out
-
-        return await self._call(fn)
-
-    async def inbound_retry_job(self, job_id: int, who: str) -> bool:
-        """Put a dead job back at the head of its appointment's queue."""
-
-        def fn(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE inbound_jobs SET status = 'queued', ready_at = 0, lease_until = NULL,"
-                " done_at = NULL WHERE id = ? AND status = 'dead'", (job_id,))
-            if cur.rowcount:
-                audit_operator(conn, "inbound_retry", who, None, {"inbound_job": job_id})
-            return cur.rowcount == 1
-
-        return await self._call(fn)
-
-    async def inbound_counts(self) -> dict[str, int]:
-        def fn(conn: sqlite3.Connection) -> dict[str, int]:
-            out = {f"inbound_jobs_{s}": n for s, n in conn.execute(
-                "SELECT status, COUNT(*) FROM inbound_jobs GROUP BY status")}
-            out["inbound_messages"] = conn.execute(
-                "SELECT COUNT(*) FROM inbound_messages").fetchone()[0]
-            return out
-
-        return await self._call(fn)
 
     # ------------------------------------------------------------------ reconciliation
     async def reconcile_watermark(self, source: str) -> datetime | None:

@@ -1,13 +1,16 @@
-"""What both halves of the PostgreSQL store use (postgres.py and postgres_inbound.py): values
-PostgreSQL can store, and the audit row an operator's action leaves."""
+"""What the role modules of the PostgreSQL store share: values PostgreSQL can store, the
+audit row (and the one an operator's action leaves), columns for `unnest`."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
+
+NOTIFY_CHANNEL = "calhl7_outbound"  # payload: a destination that got messages
 
 AUDIT_INSERT = (
     "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"
@@ -51,3 +54,12 @@ async def audit_operator(
 ) -> None:
     await conn.execute(AUDIT_INSERT, time.time(), "operator", appointment_id, pg_text(who),
                        action, "operator", pg_json(detail))
+
+
+def columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (the arrays an `unnest` statement takes)."""
+    cols: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for i, value in enumerate(row):
+            cols[i].append(value)
+    return cols
