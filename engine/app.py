@@ -41,7 +41,7 @@ from engine.mllp.tls import server_ssl_context
 from engine.processing import Processor, helper_process_init, warm_helper
 from engine.reconcile import run_reconciler
 from engine.store import open_store
-from engine.store.base import Store
+from engine.store.roles import Store
 
 log = logging.getLogger("calhl7.app")
 

@@ -51,6 +51,7 @@ from engine.calcom.check import check_webhook
 from engine.calcom.models import ApiBooking
 from engine.metrics import Metrics
 from engine.store.base import IncomingWebhook
+from engine.store.roles import ReconcileStore
 
 log = logging.getLogger("calhl7.calcom.reconcile")
 
@@ -208,7 +209,7 @@ async def _pages(api: CalcomApi, params: dict[str, str | int], summary: Reconcil
 
 async def reconcile_once(
     api: CalcomApi,
-    store: Any,
+    store: ReconcileStore,
     *,
     since: datetime,
     source: str = "default",
@@ -268,7 +269,7 @@ async def reconcile_once(
     return summary
 
 
-async def _feed(store: Any, source: str, body: bytes) -> bool:
+async def _feed(store: ReconcileStore, source: str, body: bytes) -> bool:
     webhook = IncomingWebhook.from_check(
         source, body, "application/json", check_webhook(body, "application/json"),
         correlation_id="rc-" + hashlib.sha256(body).hexdigest()[:13])
@@ -282,7 +283,7 @@ class _NotOurTurn(Exception):
 
 async def run_reconciler(
     api: CalcomApi,
-    store: Any,
+    store: ReconcileStore,
     interval_seconds: float,
     stop: asyncio.Event,
     metrics: Metrics | None = None,

@@ -27,7 +27,8 @@ from engine.hl7.ack import AckInfo, parse_ack
 from engine.metrics import Metrics
 from engine.mllp.client import Backoff, MLLPConnection, open_connection
 from engine.mllp.errors import ConnectError, MLLPError, PeerClosed, ResponseTimeout
-from engine.store.base import AttemptRecord, QueuedMessage, Store
+from engine.store.base import AttemptRecord, QueuedMessage
+from engine.store.roles import DeliveryStore
 
 log = logging.getLogger("calhl7.delivery")
 
@@ -46,7 +47,7 @@ class DestinationWorker:
         self,
         name: str,
         destination: Callable[[], Destination],
-        store: Store,
+        store: DeliveryStore,
         metrics: Metrics,
         node_id: str,
         status: dict[str, object] | None = None,

@@ -22,7 +22,8 @@ from engine.calcom.check import check_webhook
 from engine.calcom.signature import verify_signature
 from engine.metrics import Metrics, trigger_label
 from engine.store import base
-from engine.store.base import IncomingWebhook, Store
+from engine.store.base import IncomingWebhook
+from engine.store.roles import IntakeStore
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -56,7 +57,7 @@ class BodyTooLarge(Exception):
 class WebhookApp:
     def __init__(
         self,
-        store: Store,
+        store: IntakeStore,
         metrics: Metrics,
         settings: HttpSettings,
         readiness: Readiness,

@@ -42,6 +42,7 @@ from engine.metrics import Metrics
 from engine.mllp.framing import DEFAULT_MAX_FRAME_BYTES, VtInFrame
 from engine.mllp.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT, Peer, serve
 from engine.store.inbound_records import InboundMessage
+from engine.store.roles import InboundStore
 
 log = logging.getLogger("calhl7.inbound.listener")
 
@@ -62,7 +63,7 @@ def _zone(name: str) -> ZoneInfo:
 class InboundHandler:
     """The per-frame logic, separate from the socket so it can be driven directly too."""
 
-    def __init__(self, store: object, config_getter: Callable[[], InboundConfig],
+    def __init__(self, store: InboundStore, config_getter: Callable[[], InboundConfig],
                  metrics: Metrics, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS) -> None:
         self.store = store
@@ -230,8 +231,7 @@ class InboundHandler:
             received_at=time.time(), ack_code="AA", job_params=params,
         )
         try:
-            # attr-defined: both stores have it; the Store protocol covers the outbound side only
-            result = await self.store.accept_inbound(msg)  # type: ignore[attr-defined]
+            result = await self.store.accept_inbound(msg)
         except Exception as exc:  # noqa: BLE001 - not stored: the EHR must resend
             log.error("inbound message not stored", extra={"error": type(exc).__name__,
                                                            "channel": channel.name})
@@ -286,7 +286,7 @@ async def start_listener(
     host: str,
     port: int,
     *,
-    store: object,
+    store: InboundStore,
     config_getter: Callable[[], InboundConfig],
     metrics: Metrics,
     ssl: ssl_mod.SSLContext | None = None,

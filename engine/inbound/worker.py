@@ -52,6 +52,7 @@ from engine.store.inbound_records import (
     JobOutcome,
     UidRecord,
 )
+from engine.store.roles import InboundStore
 
 log = logging.getLogger("calhl7.inbound.worker")
 
@@ -82,7 +83,7 @@ def _status(booking: ApiBooking) -> str:
 class InboundWorker:
     def __init__(
         self,
-        store: Any,
+        store: InboundStore,
         api: CalcomApi,
         config_getter: Callable[[], InboundConfig],
         metrics: Metrics,

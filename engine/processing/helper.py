@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from engine.config.outbound import Config, load_config
 from engine.processing.core import Batch, BatchResult, process_batch
 from engine.processing.inputs import gather_inputs
-from engine.store.base import BatchReader
+from engine.store.roles import BatchReader
 
 _WORKER_CONFIG: dict[str, Config] = {}
 

@@ -24,7 +24,8 @@ from engine.processing.helper import (
 )
 from engine.processing.inputs import gather_inputs
 from engine.store import base
-from engine.store.base import BatchReader, ProcessedEvent, Store, StoredEvent
+from engine.store.base import ProcessedEvent, StoredEvent
+from engine.store.roles import BatchReader, ProcessingStore
 
 log = logging.getLogger("calhl7.processing")
 
@@ -37,7 +38,7 @@ class Processor:
 
     def __init__(
         self,
-        store: Store,
+        store: ProcessingStore,
         config: Callable[[], Config],
         metrics: Metrics,
         on_enqueued: Callable[[set[str]], None] = lambda destinations: None,
@@ -54,7 +55,7 @@ class Processor:
         self.pool = pool
         self.echo_map = echo_map  # a getter: inbound channel -> destinations that are its EHR
         # set: the helper reads its batches itself on this (see _from_helper)
-        self.batch_reader: BatchReader | None = getattr(store, "batch_reader", lambda: None)()
+        self.batch_reader: BatchReader | None = store.batch_reader()
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.helper_batches = 0  # batches the helper process did (the rest ran here)
@@ -271,16 +272,14 @@ class Processor:
     async def _read_inputs(self, events: list[StoredEvent]) -> Batch:
         reads = {"states": self.store.appointment_states,
                  "holding": self.store.destinations_holding,
-                 "origins": getattr(self.store, "inbound_origins", None)}
+                 "origins": self.store.inbound_origins}
         echo_map = self.echo_map()
         steps = gather_inputs(events, self._overlay_states, self._overlay_holding,
-                              lambda channel: echo_map.get(channel, frozenset()),
-                              with_origins=reads["origins"] is not None)
+                              lambda channel: echo_map.get(channel, frozenset()))
         try:
             what, keys = next(steps)
             while True:
-                # misc: the generator names which read it needs; "origins" only when not None
-                what, keys = steps.send(await reads[what](keys))  # type: ignore[misc]
+                what, keys = steps.send(await reads[what](keys))  # the read it names
         except StopIteration as done:
             return done.value
 

@@ -1,10 +1,11 @@
-"""Persistence: one protocol (`base.Store`), SQLite and PostgreSQL implementations."""
+"""Persistence: one protocol per role (`roles.py`; `Store` is all of them), implemented by
+SQLite (`sqlite/`) and PostgreSQL (`postgres/`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine.store.base import Store
+from engine.store.roles import Store
 
 
 def open_store(url_or_data_dir: str, *, engine: bool = False) -> Store:

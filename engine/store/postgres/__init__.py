@@ -27,7 +27,6 @@ stored with NUL replaced by U+FFFD, the same way on writes and lookups, so nothi
 
 from __future__ import annotations
 
-from engine.store.base import NotPending
 from engine.store.postgres.cluster import PostgresCluster
 from engine.store.postgres.common import NOTIFY_CHANNEL
 from engine.store.postgres.delivery import PostgresDelivery
@@ -35,6 +34,7 @@ from engine.store.postgres.inbound import PostgresInbound
 from engine.store.postgres.intake import PostgresIntake
 from engine.store.postgres.operator import PostgresOperator
 from engine.store.postgres.processing import PostgresProcessing
+from engine.store.records import NotPending
 
 
 class PostgresStore(PostgresIntake, PostgresProcessing, PostgresDelivery, PostgresCluster,

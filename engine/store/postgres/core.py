@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from engine.store.base import AcceptResult, IncomingWebhook
 from engine.store.migrations import load_migrations
+from engine.store.records import AcceptResult, IncomingWebhook
 
 log = logging.getLogger("calhl7.store")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-from engine.store.base import AttemptRecord, QueuedMessage
 from engine.store.postgres.common import pg_text
 from engine.store.postgres.core import RETRYABLE, TX_ATTEMPTS, PostgresCore, rowcount
+from engine.store.records import AttemptRecord, QueuedMessage
 
 _CLAIM = """
 WITH picked AS (

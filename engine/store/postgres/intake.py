@@ -10,9 +10,9 @@ import asyncio
 
 import asyncpg
 
-from engine.store.base import AcceptResult, IncomingWebhook
 from engine.store.postgres.common import pg_text
 from engine.store.postgres.core import PostgresCore
+from engine.store.records import AcceptResult, IncomingWebhook
 
 _MAX_GROUP = 512  # webhooks per intake statement
 _INTAKE_FLUSHES = 1  # intake statements in flight at once (more calls wait and group up)

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.store import base, requeue
+from engine.store import records, requeue
 from engine.store.postgres.common import audit_operator, pg_text
 from engine.store.postgres.core import PostgresCore, rowcount
 from engine.store.postgres.lanes import advance_lanes, lock_lane, requeue_in_lane
@@ -65,7 +65,7 @@ class PostgresOperator(PostgresCore):
                 return False
             message, later, lane_id, appointment_id = facts
             detail: dict[str, Any] = {"message": message_id}
-            if message.status == base.QUEUED:  # it goes in its turn anyway: no back-off
+            if message.status == records.QUEUED:  # it goes in its turn anyway: no back-off
                 await conn.execute(Q.lane_ready_now, lane_id)
             else:
                 passed = requeue.check_resend(message, later, time.time(), force)
@@ -84,7 +84,7 @@ class PostgresOperator(PostgresCore):
     ) -> bool:
         async def fn(conn: asyncpg.Connection) -> bool:
             facts = await _requeue_facts(conn, message_id)
-            if facts is None or facts[0].status == base.ACKED:
+            if facts is None or facts[0].status == records.ACKED:
                 return False  # acknowledged meanwhile: a new MSH-10 would be a duplicate
             message, later, lane_id, appointment_id = facts
             passed = requeue.check_reprocess(message, later, time.time(), force)

@@ -10,8 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.store import base
-from engine.store.base import NewMessage, ProcessedEvent, StoredEvent
+from engine.store import records
 from engine.store.postgres.common import (
     AUDIT_INSERT_MANY,
     NOTIFY_CHANNEL,
@@ -21,15 +20,16 @@ from engine.store.postgres.common import (
 )
 from engine.store.postgres.core import PostgresCore, rowcount
 from engine.store.postgres.lanes import advance_lanes
+from engine.store.records import NewMessage, ProcessedEvent, StoredEvent
 
 # commit_processed for an event that is no longer pending: another node processed it (its
 # leadership lapsed while it worked, or ours did). Nothing of the batch is kept.
-NotPending = base.NotPending
+NotPending = records.NotPending
 
 
 class PostgresProcessing(PostgresCore):
     async def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
-        return await self.events(base.PENDING, limit, after_id)
+        return await self.events(records.PENDING, limit, after_id)
 
     async def events(self, state: str, limit: int, after_id: int = 0) -> list[StoredEvent]:
         rows = await self._p().fetch(
@@ -121,7 +121,7 @@ class PostgresProcessing(PostgresCore):
 
 
 
-def _audit_row(a: base.AuditEntry) -> tuple[Any, ...]:
+def _audit_row(a: records.AuditEntry) -> tuple[Any, ...]:
     return (a.at, a.kind, pg_text(a.appointment_id), pg_text(a.actor), pg_text(a.trigger),
             pg_text(a.source), pg_json(a.detail))
 
@@ -172,7 +172,7 @@ async def _enqueue(conn: asyncpg.Connection, results: list[ProcessedEvent], now:
             mid, lane_id, r.event_id, pg_text(m.channel), pg_text(m.destination),
             pg_text(m.appointment_id), pg_text(m.message_type), pg_text(m.control_id), m.payload,
             pg_text(m.event_json),
-            base.DEAD if m.error else base.QUEUED, m.hold_lane, pg_text(m.error), accepted_at,
+            records.DEAD if m.error else records.QUEUED, m.hold_lane, pg_text(m.error), accepted_at,
             correlation_id,
         ))
     await conn.execute(

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from typing import Any
 
-from engine.store.base import StoredEvent
+from engine.store.records import StoredEvent
 
 AUDIT_INSERT = (
     "INSERT INTO audit (at, kind, appointment_id, actor, trigger, source, detail)"

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any
 
-from engine.store.base import AttemptRecord, QueuedMessage
+from engine.store.records import AttemptRecord, QueuedMessage
 from engine.store.sqlite.common import AUDIT_INSERT, flat, values
 from engine.store.sqlite.core import SQLiteCore
 from engine.store.sqlite.lanes import advance_lane

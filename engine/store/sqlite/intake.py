@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.store.base import AcceptResult, IncomingWebhook
+from engine.store.records import AcceptResult, IncomingWebhook
 from engine.store.sqlite.core import SQLiteCore
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.store import base
+from engine.store import records
 
 
 def set_head(conn: sqlite3.Connection, lane_id: int, message_id: int, now: float) -> None:
@@ -24,7 +24,7 @@ def advance_lane(conn: sqlite3.Connection, lane_id: int, after_id: int, now: flo
         " AND status IN ('queued', 'dead') ORDER BY id",
         (lane_id, after_id),
     ).fetchall():
-        if status == base.QUEUED:
+        if status == records.QUEUED:
             set_head(conn, lane_id, mid, now)
             return
         if hold:  # a message that was born dead (unmapped code) holds the lane too

@@ -9,8 +9,7 @@ import sqlite3
 import time
 from typing import Any
 
-from engine.store import base, requeue
-from engine.store.base import StoredEvent
+from engine.store import records, requeue
 from engine.store.queries import (
     AttemptRow,
     AuditRow,
@@ -24,6 +23,7 @@ from engine.store.queries import (
     inbound_counts,
     queue_summary,
 )
+from engine.store.records import StoredEvent
 from engine.store.sqlite.common import audit_operator, read_events
 from engine.store.sqlite.core import SQLiteCore
 from engine.store.sqlite.lanes import advance_lane, requeue_in_lane
@@ -67,7 +67,7 @@ class SQLiteOperator(SQLiteCore):
                 return False
             message, later, lane_id, appointment_id = facts
             detail: dict[str, Any] = {"message": message_id}
-            if message.status == base.QUEUED:  # it goes in its turn anyway: no back-off
+            if message.status == records.QUEUED:  # it goes in its turn anyway: no back-off
                 conn.execute(Q.lane_ready_now, (lane_id,))
             else:
                 passed = requeue.check_resend(message, later, time.time(), force)
@@ -86,7 +86,7 @@ class SQLiteOperator(SQLiteCore):
     ) -> bool:
         def fn(conn: sqlite3.Connection) -> bool:
             facts = _requeue_facts(conn, message_id)
-            if facts is None or facts[0].status == base.ACKED:
+            if facts is None or facts[0].status == records.ACKED:
                 return False  # acknowledged meanwhile: a new MSH-10 would be a duplicate
             message, later, lane_id, appointment_id = facts
             passed = requeue.check_reprocess(message, later, time.time(), force)

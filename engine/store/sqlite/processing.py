@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from engine.store import base
-from engine.store.base import ProcessedEvent, StoredEvent
+from engine.store import records
+from engine.store.records import ProcessedEvent, StoredEvent
 from engine.store.sqlite.common import flat, parts, read_events, values
 from engine.store.sqlite.core import SQLiteCore
 from engine.store.sqlite.inbound import read_inbound_origins
@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 class SQLiteProcessing(SQLiteCore):
     async def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
-        return await self._read(lambda c: read_events(c, base.PENDING, limit, after_id))
+        return await self._read(lambda c: read_events(c, records.PENDING, limit, after_id))
 
     async def appointment_states(self, uids: list[str]) -> dict[str, str]:
         return await self._read(lambda c: _appointment_states(c, uids))
@@ -98,7 +98,7 @@ class SQLiteBatchReader:
         return self._conn
 
     def pending_events(self, limit: int, after_id: int = 0) -> list[StoredEvent]:
-        return read_events(self._connection(), base.PENDING, limit, after_id)
+        return read_events(self._connection(), records.PENDING, limit, after_id)
 
     def appointment_states(self, uids: list[str]) -> dict[str, str]:
         return _appointment_states(self._connection(), uids)
@@ -124,7 +124,7 @@ def _apply_processed(conn: sqlite3.Connection, results: list[ProcessedEvent], no
             (now, *flat(part)),
         ).rowcount
     if marked != len(results):  # processed already: writing again would queue it twice
-        raise base.NotPending(f"{len(results) - marked} of {len(results)} events are no"
+        raise records.NotPending(f"{len(results) - marked} of {len(results)} events are no"
                               " longer pending")
     states: dict[str, str] = {}  # in event order: the last state of an appointment wins
     links: dict[str, str] = {}  # a booking uid keeps the first appointment it was linked to
@@ -175,7 +175,7 @@ def _insert_outbound(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> N
         )
 
 
-def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMessage]],
+def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, records.NewMessage]],
                  now: float) -> None:
     """Queue a batch's messages (none born dead) in order: the lanes missing made in one
     statement, the messages given their ids here (the ones SQLite would give them), and every
@@ -209,7 +209,7 @@ def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMes
         if m.message_type.endswith("S12"):
             first_s12.add((m.destination, m.appointment_id))
         rows.append((message_id, lane_id, event_id, m.channel, m.destination, m.appointment_id,
-                     m.message_type, m.control_id, m.payload, m.event_json, base.QUEUED,
+                     m.message_type, m.control_id, m.payload, m.event_json, records.QUEUED,
                      int(m.hold_lane), None, now))
     _insert_outbound(conn, rows)
     # what follows an S12 must stay an S13/S14/S15, not become a second S12
@@ -224,7 +224,7 @@ def _enqueue_all(conn: sqlite3.Connection, messages: list[tuple[int, base.NewMes
         )
 
 
-def _enqueue(conn: sqlite3.Connection, m: base.NewMessage, event_id: int, now: float) -> None:
+def _enqueue(conn: sqlite3.Connection, m: records.NewMessage, event_id: int, now: float) -> None:
     """Queue one message (the path for batches with a message born dead)."""
     lane = conn.execute(
         "SELECT id, head_id FROM lanes WHERE destination = ? AND lane_key = ?",
@@ -237,7 +237,7 @@ def _enqueue(conn: sqlite3.Connection, m: base.NewMessage, event_id: int, now: f
             (m.destination, m.lane_key, now),
         ).fetchone()
     lane_id, head_id = lane
-    status = base.DEAD if m.error else base.QUEUED
+    status = records.DEAD if m.error else records.QUEUED
     (message_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM outbound").fetchone()
     _insert_outbound(conn, [(message_id, lane_id, event_id, m.channel, m.destination,
                               m.appointment_id, m.message_type, m.control_id, m.payload,
@@ -251,7 +251,7 @@ def _enqueue(conn: sqlite3.Connection, m: base.NewMessage, event_id: int, now: f
             (m.destination, m.appointment_id),
         )
     if head_id is None:
-        if status == base.QUEUED:  # an empty lane: the new message is its head
+        if status == records.QUEUED:  # an empty lane: the new message is its head
             set_head(conn, lane_id, message_id, now)
         else:
             advance_lane(conn, lane_id, message_id - 1, now)
