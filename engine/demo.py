@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from engine.app import Engine, EngineSettings
+from engine.app import build_engine
+from engine.settings import Settings
 from engine.sim.bookings import Story, StoryTeller, compact, sign
 from engine.sim.ehr import SimPolicy, run_sim, stop_sim
 from engine.site_init import copy_data, example_channels
@@ -67,9 +68,9 @@ async def _demo(data: Path, quiet: bool = False) -> int:
                                     ar_match=["MSH-9.2=S26"]), legacy_log)]
     say(f"simulated EHRs: main (v2.5.1) on 127.0.0.1:{main_port}, "
         f"legacy (v2.3, ASCII) on 127.0.0.1:{legacy_port}")
-    engine = Engine(EngineSettings(http_port=http_port, data_dir=data,
-                                   channels_dir=channels,
-                                   secrets={"default": [DEMO_SECRET]}))
+    engine = build_engine(Settings.from_env(http_port=http_port, data_dir=data,
+                                            channels_dir=channels,
+                                            secrets={"default": [DEMO_SECRET]}))
     ready = asyncio.Event()
     task = asyncio.create_task(engine.run(ready))
     started = asyncio.ensure_future(ready.wait())

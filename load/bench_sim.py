@@ -61,7 +61,7 @@ def main() -> int:
     args = ap.parse_args()
     batch = messages(args.n)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "engine.sim.cli", "sim-ehr", "--port", "0"]
+        cmd = [sys.executable, "-m", "engine.cli.sim", "sim-ehr", "--port", "0"]
         if args.log:
             cmd += ["--log", os.path.join(tmp, "sim.jsonl")]
         if args.uvloop:

@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 
-from engine.app import Engine, EngineSettings
+from engine.app import Engine, build_engine
 from engine.metrics import Metrics
+from engine.settings import Settings
 from engine.sim.bookings import compact, sign
 from engine.sim.ehr import SimPolicy, run_sim, simulator_of, stop_sim
 from tests.conftest import REPO, free_port
@@ -72,7 +73,7 @@ async def running_engine(
         sims["legacy"] = await run_sim(
             "127.0.0.1", ports["legacy"], legacy_policy or SimPolicy(encoding="ascii"),
             tmp_path / "legacy.jsonl")
-    engine = Engine(EngineSettings(
+    engine = build_engine(Settings.from_env(
         http_port=free_port(), data_dir=tmp_path / "data",
         channels_dir=channels_dir or REPO / "channels", store_url=store_url,
         secrets=settings.pop("secrets", {"default": [SECRET]}), **settings,

@@ -196,7 +196,7 @@ def test_json_schema_describes_both_files() -> None:
 def run_cli(*argv: str) -> int:
     import argparse
 
-    from engine.config.cli import register
+    from engine.cli.channels import register
 
     parser = argparse.ArgumentParser(prog="calhl7")
     register(parser.add_subparsers(required=True))

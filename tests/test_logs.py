@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import logs
-from engine.config.cli import register
+from engine.cli.channels import register
 from engine.demo import _demo
 from engine.sim.bookings import StoryTeller, compact
 from engine.sim.ehr import SimPolicy, simulator_of

@@ -376,8 +376,7 @@ async def test_series_do_not_grow_with_bookings(tmp_path: Path) -> None:
         acked_before = sum(values(text, "calhl7_messages_total", "outcome").values())
         for name in channel_names:
             await eng.store.set_channel_paused(name, False, "test")
-        for worker, _task, _stop in engine._workers.values():
-            worker.notify()
+        engine.supervisor.wake_all()
         async def moved_on() -> str | None:
             text = await scrape(eng.client)
             done = sum(values(text, "calhl7_messages_total", "outcome").values())

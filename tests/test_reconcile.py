@@ -194,7 +194,7 @@ async def test_cli_reconcile_once_with_progress_and_summary(env: Env, tmp_path: 
 
     patient_booking(env.fake, 731042, 3, 10)
     patient_booking(env.fake, 731044, 3, 12, name="Eve Testpatient")
-    code = ("import argparse, sys; from engine.inbound.cli import register; "
+    code = ("import argparse, sys; from engine.cli.inbound import register; "
             "p = argparse.ArgumentParser(); register(p.add_subparsers()); "
             "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     proc = await asyncio.create_subprocess_exec(

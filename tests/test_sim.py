@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.cli.sim import policy_from_args, register
 from engine.hl7.ack import AckInfo, parse_ack
 from engine.mllp import PeerClosed, ResponseTimeout, open_connection
 from engine.mllp.client import MLLPConnection
 from engine.mllp.settings import ConnectionSettings
-from engine.sim.cli import policy_from_args, register
 from engine.sim.ehr import FieldRule, SimPolicy, field_value, run_sim, simulator_of, stop_sim
 from tests.conftest import FIXTURES
 
@@ -213,7 +213,7 @@ async def test_cli_process_runs_until_sigterm(tmp_path: Path) -> None:
 
     log = tmp_path / "cli.jsonl"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.sim.cli", "sim-ehr", "--port", "0", "--log", str(log),
+        sys.executable, "-m", "engine.cli.sim", "sim-ehr", "--port", "0", "--log", str(log),
         cwd=Path(__file__).resolve().parents[1], stderr=asyncio.subprocess.PIPE,
     )
     try:

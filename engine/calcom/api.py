@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.calcom.models import ApiBooking, ApiBookingListResponse, error_path
 from engine.metrics import Metrics
+from engine.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -223,13 +223,16 @@ class CalcomApi:
         )
 
     @classmethod
-    def from_env(cls, metrics: Metrics | None = None, env: Mapping[str, str] = os.environ,
-                 **kw: Any) -> CalcomApi:
-        rate = env.get("CALHL7_CALCOM_RATE_PER_MINUTE")
-        if rate:
-            kw.setdefault("rate_per_minute", float(rate))
-        return cls(env.get("CALHL7_CALCOM_API_KEY", ""),
-                   env.get("CALHL7_CALCOM_API_URL") or DEFAULT_BASE_URL, metrics=metrics, **kw)
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None,
+                      **kw: Any) -> CalcomApi | None:
+        """The client the settings describe, or None without a key (no inbound writes, no
+        reconciliation)."""
+        if not settings.calcom_api_key:
+            return None
+        if settings.calcom_rate_per_minute is not None:
+            kw.setdefault("rate_per_minute", settings.calcom_rate_per_minute)
+        return cls(settings.calcom_api_key, settings.calcom_api_url or DEFAULT_BASE_URL,
+                   metrics=metrics, **kw)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,8 +22,9 @@ from engine.channels.routing import OutboundMessage, probe_message, route
 from engine.config.files import ConfigError
 from engine.config.inbound import load_inbound_config, own_applications_of
 from engine.config.outbound import Config, json_schema, load_config
+from engine.settings import env
 
-DEFAULT_DIR = os.environ.get("CALHL7_CHANNELS", "channels")
+DEFAULT_DIR = env("CHANNELS", "channels")
 
 
 def _preview_id(counter: Iterator[int]) -> str:

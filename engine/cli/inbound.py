@@ -1,4 +1,4 @@
-"""CLI verbs of the inbound path and of reconciliation.
+"""Verbs of the inbound path and of reconciliation.
 
     calhl7 reconcile --since 6h            # or an ISO time, or "watermark"
     calhl7 inbound-jobs [--status dead]    # Cal.com API jobs from EHR SIU
@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from engine.cli.common import open_store_of, store_args, table, with_service
+from engine.operator import OperatorService
+from engine.settings import Settings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -40,17 +44,8 @@ def parse_since(value: str, now: datetime | None = None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def _store_args() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data", default=os.environ.get("CALHL7_DATA", "var"),
-                   help="data directory of the embedded store (default ./var)")
-    p.add_argument("--store", default=os.environ.get("CALHL7_STORE"),
-                   help="store URL, e.g. postgresql://user@host/db")
-    return p
-
-
-def register(subparsers: Any, store_args: argparse.ArgumentParser | None = None) -> None:
-    parents = [store_args or _store_args()]
+def register(subparsers: Any, parent: argparse.ArgumentParser | None = None) -> None:
+    parents = [parent or store_args()]
     p = subparsers.add_parser("reconcile", parents=parents,
                               help="fetch bookings changed in Cal.com since TIME and feed what "
                                    "we missed into the pipeline")
@@ -66,25 +61,20 @@ def register(subparsers: Any, store_args: argparse.ArgumentParser | None = None)
                               help="Cal.com API jobs made from EHR SIU (dead letters first)")
     p.add_argument("--status", choices=("queued", "done", "dead"), default=None)
     p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=_jobs)
+    p.set_defaults(func=with_service(_jobs))
 
     p = subparsers.add_parser("inbound-retry", parents=parents,
                               help="put a dead inbound job back at the head of its queue")
     p.add_argument("job", type=int)
-    p.set_defaults(func=_retry)
-
-
-def _open(args: argparse.Namespace) -> Any:
-    from engine.store import open_store
-
-    return open_store(args.store or args.data)
+    p.set_defaults(func=with_service(_retry))
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     from engine.calcom.api import CalcomApi, CalcomError
     from engine.reconcile import ReconcileSummary, reconcile_once
 
-    if not os.environ.get("CALHL7_CALCOM_API_KEY"):
+    settings = Settings.from_env()
+    if not settings.calcom_api_key:
         print("calhl7: set CALHL7_CALCOM_API_KEY (a Cal.com API key) to reconcile.",
               file=sys.stderr)
         return 2
@@ -95,7 +85,7 @@ def _reconcile(args: argparse.Namespace) -> int:
                   f"{s.duplicates} already known", end="", file=sys.stderr, flush=True)
 
     async def main() -> int:
-        store = _open(args)
+        store = open_store_of(args)
         await store.open()
         try:
             since = args.since
@@ -105,7 +95,9 @@ def _reconcile(args: argparse.Namespace) -> int:
                     print("calhl7: no watermark stored yet for this source; pass --since",
                           file=sys.stderr)
                     return 2
-            async with CalcomApi.from_env() as api:
+            api = CalcomApi.from_settings(settings)
+            assert api is not None  # the key was checked above
+            async with api:
                 try:
                     summary = await reconcile_once(api, store, since=since, source=args.source,
                                                    progress=progress)
@@ -127,36 +119,17 @@ def _reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _jobs(args: argparse.Namespace) -> int:
-    from engine.operator import table
-
-    async def main() -> int:
-        store = _open(args)
-        await store.open()
-        try:
-            rows = await store.inbound_jobs(args.status, args.limit)
-        finally:
-            await store.close()
-        for r in rows:
-            r["result"] = (r["result"] or {}).get("did")
-        print(table(rows, ("id", "channel", "ehr_appointment_id", "trigger", "control_id",
-                           "status", "attempts", "result", "error")))
-        return 0
-
-    return asyncio.run(main())
+async def _jobs(service: OperatorService, args: argparse.Namespace) -> int:
+    rows = [asdict(j) for j in await service.inbound_jobs(args.status, args.limit)]
+    for r in rows:
+        r["result"] = (r["result"] or {}).get("did")
+    print(table(rows, ("id", "channel", "ehr_appointment_id", "trigger", "control_id",
+                       "status", "attempts", "result", "error")))
+    return 0
 
 
-def _retry(args: argparse.Namespace) -> int:
-    from engine.operator import _who
+async def _retry(service: OperatorService, args: argparse.Namespace) -> int:
+    ok = await service.inbound_retry(args.job)
+    print("queued again" if ok else "no dead job with that id")
+    return 0 if ok else 1
 
-    async def main() -> int:
-        store = _open(args)
-        await store.open()
-        try:
-            ok = await store.inbound_retry_job(args.job, _who())
-        finally:
-            await store.close()
-        print("queued again" if ok else "no dead job with that id")
-        return 0 if ok else 1
-
-    return asyncio.run(main())

@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from .ehr import SimPolicy, run_sim, simulator_of, stop_sim
+from engine.sim.ehr import SimPolicy, run_sim, simulator_of, stop_sim
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m engine.sim.cli sim-ehr ...
+if __name__ == "__main__":  # python -m engine.cli.sim sim-ehr ...
     parser = argparse.ArgumentParser(prog="calhl7")
     register(parser.add_subparsers(dest="verb", required=True))
     ns = parser.parse_args()
