@@ -12,14 +12,13 @@ running engine picks up what `reconcile` stored within a second.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.cli.common import open_store_of, store_args, table, with_service
+from engine.cli.common import store_args, table, with_service
 from engine.operator import OperatorService
 from engine.settings import Settings
 
@@ -70,53 +69,42 @@ def register(subparsers: Any, parent: argparse.ArgumentParser | None = None) -> 
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from engine.calcom.api import CalcomApi, CalcomError
-    from engine.reconcile import ReconcileSummary, reconcile_once
-
-    settings = Settings.from_env()
-    if not settings.calcom_api_key:
+    if not Settings.from_env().calcom_api_key:  # said before any store is opened
         print("calhl7: set CALHL7_CALCOM_API_KEY (a Cal.com API key) to reconcile.",
               file=sys.stderr)
         return 2
+    return with_service(_reconcile_with)(args)
+
+
+async def _reconcile_with(service: OperatorService, args: argparse.Namespace) -> int:
+    from engine.calcom.api import CalcomApi, CalcomError
+    from engine.reconcile import ReconcileSummary
 
     def progress(s: ReconcileSummary) -> None:
         if not args.quiet:
             print(f"\rpage {s.pages}: {s.listed} bookings, {s.fed} new events, "
                   f"{s.duplicates} already known", end="", file=sys.stderr, flush=True)
 
-    async def main() -> int:
-        store = open_store_of(args)
-        await store.open()
+    api = CalcomApi.from_settings(Settings.from_env())
+    assert api is not None  # the key was checked before
+    async with api:
         try:
-            since = args.since
-            if since is None:
-                since = await store.reconcile_watermark(args.source)
-                if since is None:
-                    print("calhl7: no watermark stored yet for this source; pass --since",
-                          file=sys.stderr)
-                    return 2
-            api = CalcomApi.from_settings(settings)
-            assert api is not None  # the key was checked above
-            async with api:
-                try:
-                    summary = await reconcile_once(api, store, since=since, source=args.source,
-                                                   progress=progress)
-                except CalcomError as exc:
-                    print(f"\ncalhl7: Cal.com: {exc.status or 'unreachable'}: {exc.message}",
-                          file=sys.stderr)
-                    return 1
-            if not args.quiet:
-                print(file=sys.stderr)
-            if args.set_watermark and summary.watermark is not None:
-                await store.set_reconcile_watermark(args.source, summary.watermark)
-            print(f"{summary.line()} (since {since.isoformat()})")
-            for problem in summary.errors:
-                print(f"  note: {problem}")
-            return 0
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+            done = await service.reconcile(api, args.since, args.source,
+                                           set_watermark=args.set_watermark, progress=progress)
+        except CalcomError as exc:
+            print(f"\ncalhl7: Cal.com: {exc.status or 'unreachable'}: {exc.message}",
+                  file=sys.stderr)
+            return 1
+    if done is None:
+        print("calhl7: no watermark stored yet for this source; pass --since", file=sys.stderr)
+        return 2
+    since, summary = done
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"{summary.line()} (since {since.isoformat()})")
+    for problem in summary.errors:
+        print(f"  note: {problem}")
+    return 0
 
 
 async def _jobs(service: OperatorService, args: argparse.Namespace) -> int:

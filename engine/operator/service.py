@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.operator.results import (
     AuditEntry,
@@ -28,6 +29,10 @@ from engine.operator.results import (
 )
 from engine.store import requeue
 from engine.store.base import QUARANTINED, Store
+
+if TYPE_CHECKING:
+    from engine.calcom.api import CalcomApi
+    from engine.reconcile import ReconcileSummary
 
 
 class OperatorService:
@@ -152,6 +157,26 @@ class OperatorService:
                 appointment = json.loads(states[appointment]).get("appointment_id", appointment)
         rows = await self.store.audit(appointment, since, limit)
         return [AuditEntry.from_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ Cal.com
+    async def reconcile(self, api: CalcomApi, since: datetime | None, source: str = "default",
+                        *, set_watermark: bool = False,
+                        progress: Callable[[ReconcileSummary], None] | None = None,
+                        ) -> tuple[datetime, ReconcileSummary] | None:
+        """Feed what Cal.com's webhooks missed since `since` (None: the periodic job's
+        watermark) into the pipeline; None when there is no watermark yet. Raises CalcomError
+        when Cal.com cannot be read."""
+        from engine.reconcile import reconcile_once
+
+        if since is None:
+            since = await self.store.reconcile_watermark(source)
+            if since is None:
+                return None
+        summary = await reconcile_once(api, self.store, since=since, source=source,
+                                       progress=progress)
+        if set_watermark and summary.watermark is not None:
+            await self.store.set_reconcile_watermark(source, summary.watermark)
+        return since, summary
 
     # ------------------------------------------------------------------ inbound
     async def inbound_jobs(self, status: str | None = None,
