@@ -71,23 +71,12 @@ def test_modules_outside_the_store_stay_under_500_lines() -> None:
     assert not long, f"split these modules (lines): {long}"
 
 
-# moving out with the config reshaping (one place for the YAML file machinery); each entry
-# must still occur, so it is deleted when its fix lands
-_BEING_MOVED = {
-    "engine/inbound/config.py: from engine.channels.config import _line_for",
-    "engine/inbound/config.py: from engine.channels.config import _read",
-    "engine/inbound/config.py: from engine.channels.config import _validate",
-}
-
-
 def test_no_module_imports_another_packages_private_names() -> None:
     files = sorted(ENGINE.rglob("*.py"))
     assert files
-    found = {f"{hit.split(':')[0]}: {hit.split(' ', 1)[1]}"
-             for f in files for hit in private_imports(f)}
-    assert not found - _BEING_MOVED, "private names used across packages (make them public " \
-        "where they belong, or keep them inside):\n" + "\n".join(sorted(found - _BEING_MOVED))
-    assert not _BEING_MOVED - found, f"fixed: delete {_BEING_MOVED - found} from _BEING_MOVED"
+    found = [hit for f in files for hit in private_imports(f)]
+    assert not found, "private names used across packages (make them public where they " \
+        "belong, or keep them inside):\n" + "\n".join(found)
 
 
 def test_the_private_import_check_sees_both_forms(tmp_path: Path) -> None:
