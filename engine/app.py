@@ -89,10 +89,7 @@ class Engine:
             raise
         self.readiness.channels_loaded = True
         await self.store.open()
-        for single_node_reset in ("release_all_claims", "inbound_release_all_leases"):
-            release = getattr(self.store, single_node_reset, None)
-            if release is not None:  # single node: what was in flight at a crash goes again
-                await release()
+        await self.store.recover_single_node()  # one node: what was in flight goes again
         await self._start_helper()
         await self.store.listen(lambda destination: self.supervisor.wake({destination}))
         inbound_worker = (InboundWorker(self.store, api, self.inbound_config, self.metrics)

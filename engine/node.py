@@ -11,12 +11,13 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from engine.aio import sleep_or_stop
 from engine.metrics import Metrics
-from engine.store.base import Store
+from engine.store.roles import ClusterStore, OperatorStore
 
 log = logging.getLogger("calhl7.app")  # the name operators already filter on
 
 
-async def refresh_gauges(store: Store, metrics: Metrics, destinations: Iterable[str]) -> None:
+async def refresh_gauges(store: OperatorStore, metrics: Metrics,
+                         destinations: Iterable[str]) -> None:
     """Queue gauges from the store: right after a restart, and the same on every node."""
     summary = await store.queue_summary(time.time())
     metrics.set_queue_gauges(summary, destinations, await store.quarantined_count())
@@ -32,10 +33,10 @@ async def keep_gauges(refresh: Callable[[], Awaitable[None]], stop: asyncio.Even
         await sleep_or_stop(stop, interval)
 
 
-async def heartbeat(store: Store, node_id: str, stop: asyncio.Event, interval: float) -> None:
+async def heartbeat(store: ClusterStore, node_id: str, stop: asyncio.Event,
+                    interval: float) -> None:
     """Several nodes on PostgreSQL: operators see who is alive (a no-op on SQLite)."""
-    beat = getattr(store, "heartbeat", None)
-    while beat is not None and not stop.is_set():
+    while not stop.is_set():
         with contextlib.suppress(Exception):
-            await beat(node_id, time.time())
+            await store.heartbeat(node_id, time.time())
         await sleep_or_stop(stop, interval)

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.operator import OperatorService
 from engine.settings import env, operator_name, store_location
-from engine.store.base import Store
+from engine.store.roles import Store
 
 
 def store_args() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from engine.aio import sleep_or_stop
 from engine.config.destinations import Destination
 from engine.delivery.worker import DestinationWorker
 from engine.metrics import Metrics
-from engine.store.base import Store
+from engine.store.roles import DeliveryStore
 
 log = logging.getLogger("calhl7.app")  # the name operators already filter on
 
@@ -23,7 +23,7 @@ log = logging.getLogger("calhl7.app")  # the name operators already filter on
 class Supervisor:
     def __init__(
         self,
-        store: Store,
+        store: DeliveryStore,
         metrics: Metrics,
         node_id: str,
         destinations: Callable[[], Mapping[str, Destination]],

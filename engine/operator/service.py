@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from engine.operator.results import (
     AuditEntry,
@@ -28,15 +28,22 @@ from engine.operator.results import (
     Resent,
 )
 from engine.store import requeue
-from engine.store.base import QUARANTINED, Store
+from engine.store.base import QUARANTINED
+from engine.store.roles import OperatorStore, ReconcileStore
 
 if TYPE_CHECKING:
     from engine.calcom.api import CalcomApi
     from engine.reconcile import ReconcileSummary
 
 
+class ServiceStore(OperatorStore, ReconcileStore, Protocol):
+    """What the operator service uses of a store: the operator queries and actions, and
+    feeding reconciled bookings in."""
+
+
 class OperatorService:
-    def __init__(self, store: Store, actor: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: ServiceStore, actor: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.actor = actor  # who the audit trail names
         self.clock = clock
