@@ -20,7 +20,7 @@ PHI never reaches a log line: callers log ids (event, message, control id, corre
 codes and counts, never names, dates of birth, phones, emails, MRNs, booking uids, reasons
 written by people, the EHR's own words or message bodies. Tracebacks are logged as the
 exception type and the frames' locations, not its message, because validation errors quote
-the values they rejected. tests/test_logs.py runs the demo at DEBUG and checks every line.
+the values they rejected. tests/engine/test_logs.py runs the demo at DEBUG and checks every line.
 """
 
 from __future__ import annotations

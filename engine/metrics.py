@@ -1,6 +1,7 @@
 """Metric definitions. Labels are bounded sets only: channel, destination, source, trigger,
 message type, outcome (and the Cal.com API endpoint family). Never a booking id, a control id,
-a patient or a provider: 10,000 bookings make no more series than 100 (tests/test_metrics.py).
+a patient or a provider: 10,000 bookings make no more series than 100
+(tests/engine/test_metrics.py).
 
 One `Metrics` object per engine, on its own registry, handed to whoever counts: tests can
 run several engines in one process and read each one's figures.

@@ -18,8 +18,8 @@ Figures (medians over --runs runs; each ratio is to a baseline measured in the s
               steadily (open loop) for --sustained seconds
   listener    SIU/s into `calhl7 serve --mllp` from 16 senders (skipped while serve has no
               --mllp; the same 16 senders against sim-ehr are printed for reference)
-  backlog     engine RSS with a 1,000,000-message backlog while the EHR is down (rows put in
-              the SQLite store with plain SQL in a set-up step, see `make_backlog`), vs the
+  backlog     engine RSS with a 1,000,000-message backlog while the EHR is down (queued
+              through the store's own commit in a set-up step, see `make_backlog`), vs the
               RSS of the same engine with an empty store; then the EHR comes up and the drain
               rate is measured over --drain-seconds
 Floors: intake 2,000/s and p99 < 20 ms at 500/s; rendering 10,000/s; end to end 1,000 msg/s;
@@ -49,8 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from load import bench_intake  # noqa: E402
+from load.harness import Procs, engine_command, free_port, serve_args, wait_port  # noqa: E402
 from load.httpload import closed_loop, median, open_loop, send_all  # noqa: E402
-from load.run import Procs, copy_channels, free_port, start_sim, wait_port  # noqa: E402
+from load.run import copy_channels, start_sim  # noqa: E402
 
 FLOORS = {"intake": 2000.0, "intake_p99_ms": 20.0, "render": 10000.0, "e2e": 1000.0,
           "listener": 2000.0}
@@ -78,9 +79,7 @@ def engine_env(main_port: int, legacy_port: int | None = None) -> dict[str, str]
 def start_engine(procs: Procs, data: Path, channels: Path, env: dict[str, str], log: Path,
                  extra: list[str] | None = None) -> tuple[subprocess.Popen[Any], int]:
     port = free_port()
-    p = procs.start("engine", [sys.executable, "-m", "engine", "serve", "--http",
-                               f"127.0.0.1:{port}", "--data", str(data), "--channels",
-                               str(channels), *(extra or [])], log, env)
+    p = procs.start("engine", engine_command(*serve_args(data, port, channels, extra)), log, env)
     try:
         wait_port(port, p)
     except SystemExit:
@@ -419,56 +418,61 @@ def bench_listener_suite(runs: int, n: int) -> None:
 
 # ---------------------------------------------------------------------- backlog
 def make_backlog(data: Path, n: int, per_lane: int = 4) -> float:
-    """Put `n` queued SIU for ehr-main in a fresh store with plain SQL (the schema is created
-    by the store's own migrations first): one lane per appointment, `per_lane` messages each,
-    lane heads pointing at their first message, payloads rendered by the family-medicine
-    channel with a unique MSH-10 each. Returns the seconds it took."""
+    """Put `n` queued SIU for ehr-main in a fresh store through the store's own intake and
+    commit (as processing would): one lane per appointment, `per_lane` messages each, payloads
+    rendered by the family-medicine channel with a unique MSH-10 each. Returns the seconds it
+    took."""
+    import hashlib
     from datetime import UTC, datetime
 
     from engine.channels.routing import render_message
     from engine.config.outbound import load_config
+    from engine.store.records import (
+        PENDING,
+        PROCESSED,
+        IncomingWebhook,
+        NewMessage,
+        ProcessedEvent,
+    )
     from engine.store.sqlite import SQLiteStore
     from load.bench_render import sample_event
 
     t0 = time.time()
-    store = SQLiteStore(data / "calhl7.sqlite3")
-
-    async def migrate() -> None:
-        await store.open()
-        await store.close()
-
-    asyncio.run(migrate())
     config = load_config(REPO / "channels")
     msg = render_message(config, config.channel("family-medicine"), sample_event(0),
                          trigger="S12", control_id="X" * 20, now=datetime.now(UTC))
     template = msg.payload
     appt_old = b"abHAVhYH1N5x7DhE000000"
-    conn = sqlite3.connect(data / "calhl7.sqlite3", isolation_level=None)
-    conn.execute("PRAGMA synchronous=OFF")
-    now = time.time()
-    conn.execute("BEGIN")
-    lanes = (n + per_lane - 1) // per_lane
-    conn.executemany(
-        "INSERT INTO lanes (id, destination, lane_key, head_id, ready_at) VALUES (?,?,?,?,?)",
-        ((k + 1, "ehr-main", f"BACKLOG{k:015d}", k * per_lane + 1, now) for k in range(lanes)))
+    per_commit = per_lane * 1024  # whole lanes per transaction
 
-    def rows() -> Any:
-        for i in range(n):
-            lane = i // per_lane
-            appt = f"BACKLOG{lane:015d}"
-            cid = f"BL{i:018d}"
-            payload = template.replace(b"X" * 20, cid.encode(), 1).replace(appt_old, appt.encode())
-            yield (i + 1, lane + 1, "family-medicine", "ehr-main", appt,
-                   "SIU^S12" if i % per_lane == 0 else "SIU^S14", cid, payload, "{}", "queued",
-                   now, now)
+    def message(i: int) -> NewMessage:
+        appt = f"BACKLOG{i // per_lane:015d}"
+        cid = f"BL{i:018d}"
+        return NewMessage(
+            channel="family-medicine", destination="ehr-main", lane_key=appt,
+            appointment_id=appt, message_type="SIU^S12" if i % per_lane == 0 else "SIU^S14",
+            control_id=cid, event_json="{}",
+            payload=template.replace(b"X" * 20, cid.encode(), 1).replace(appt_old,
+                                                                         appt.encode()))
 
-    conn.executemany(
-        "INSERT INTO outbound (id, lane_id, channel, destination, appointment_id, message_type,"
-        " control_id, payload, event_json, status, created_at, accepted_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows())
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    async def seed() -> None:
+        store = SQLiteStore(data / "calhl7.sqlite3")
+        await store.open()
+        try:
+            for first in range(0, n, per_commit):
+                # one received event per transaction, processed into its share of the backlog
+                body = f'{{"backlog":{first}}}'.encode()
+                event = await store.accept_webhook(IncomingWebhook(
+                    source="backlog", body=body, body_sha256=hashlib.sha256(body).digest(),
+                    content_type="application/json", trigger=None, booking_uid=None,
+                    received_at=time.time(), correlation_id=f"backlog-{first}", state=PENDING))
+                messages = tuple(message(i) for i in range(first, min(n, first + per_commit)))
+                await store.commit_processed([ProcessedEvent(
+                    event_id=event.event_id, state=PROCESSED, messages=messages)])
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
     return time.time() - t0
 
 
@@ -501,7 +505,8 @@ def bench_backlog_suite(n: int, hold_seconds: float, drain_seconds: float) -> No
         took = make_backlog(tmpd / "data", n)
         db = tmpd / "data" / "calhl7.sqlite3"
         size = db.stat().st_size / 2**20
-        say(f"  set-up: {n:,} rows inserted with SQL in {took:.0f} s ({size:,.0f} MB on disk)")
+        say(f"  set-up: {n:,} messages queued through the store in {took:.0f} s"
+            f" ({size:,.0f} MB on disk)")
         procs = Procs()
         try:
             eng, _ = start_engine(procs, tmpd / "data", channels, engine_env(ehr_port),

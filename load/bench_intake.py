@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,25 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.sim.bookings import StoryTeller, compact, sign  # noqa: E402
+from load import harness  # noqa: E402
+from load.harness import free_port, wait_port  # noqa: E402
 from load.httpload import build_request, closed_loop, median, open_loop  # noqa: E402
 
 SECRET = "bench-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def requests(count: int, seed: int, organizers: tuple[str, ...] | None = None) -> list[bytes]:
@@ -61,11 +44,7 @@ def requests(count: int, seed: int, organizers: tuple[str, ...] | None = None) -
 
 
 def start_engine(data: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CALHL7_WEBHOOK_SECRET": SECRET, "CALHL7_LOG_LEVEL": "warning",
-           "EHR_MAIN_PORT": str(free_port()), "EHR_LEGACY_PORT": str(free_port())}
-    return subprocess.Popen([sys.executable, "-m", "engine", "serve", "--http",
-                             f"127.0.0.1:{port}", "--data", str(data), "--channels",
-                             str(REPO / "channels")], env=env, cwd=REPO)
+    return harness.start_engine(data, port, harness.engine_env(SECRET), stdout=None, stderr=None)
 
 
 @contextmanager

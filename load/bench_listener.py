@@ -55,13 +55,9 @@ def _serve(data_dir: str, conn: object, linger_ms: float | None = None) -> None:
         from engine.metrics import Metrics
         from engine.store.sqlite import SQLiteStore
 
-        class Store(SQLiteStore):  # its own class: the linger set below stays in this run
-            pass
-
+        store = SQLiteStore(Path(data_dir) / "bench.sqlite3")
         if linger_ms is not None:
-            Store.inbound_linger_seconds = linger_ms / 1000.0
-
-        store = Store(Path(data_dir) / "bench.sqlite3")
+            store.inbound_linger_seconds = linger_ms / 1000.0
         await store.open()
         config = load_inbound_config(REPO / "channels")
         server = await start_listener("127.0.0.1", 0, store=store, config_getter=lambda: config,

@@ -42,8 +42,9 @@ import asyncpg  # noqa: E402
 from load import bench_intake  # noqa: E402
 from load.bench import engine_env, main_only_channels, start_engine  # noqa: E402
 from load.correctness import check_outbound, read_sim_log  # noqa: E402
+from load.harness import Procs  # noqa: E402
 from load.httpload import send_all  # noqa: E402
-from load.run import Procs, start_sim  # noqa: E402
+from load.run import start_sim  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 CLIENTS = 32

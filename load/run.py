@@ -25,8 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,28 +37,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from load import correctness  # noqa: E402
+from load.harness import (  # noqa: E402
+    Procs,
+    engine_command,
+    free_port,
+    serve_args,
+    wait_port,
+)
 from load.shapes import CURVES  # noqa: E402
 
 SECRET = "load-secret-not-for-production"
 DESTINATIONS = ("ehr-main", "ehr-legacy")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"process {proc.args[:4]} exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port}")
 
 
 def seconds(text: str) -> float:
@@ -70,41 +57,15 @@ def seconds(text: str) -> float:
 
 
 def engine_has_mllp_listener() -> bool:
-    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"], cwd=REPO,
+    out = subprocess.run(engine_command("serve", "--help"), cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     return "--mllp" in out.stdout
-
-
-class Procs:
-    """The processes this run started; stopped by their own pid only."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[Any]]] = []
-
-    def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None
-              ) -> subprocess.Popen[Any]:
-        f = log.open("wb")
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-        self.procs.append((name, p))
-        return p
-
-    def stop(self) -> None:
-        for _, p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for _, p in reversed(self.procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
 
 
 def start_sim(procs: Procs, name: str, out: Path, delay_ms: int = 0) -> tuple[int, Path]:
     port = free_port()
     log = out / f"{name}.jsonl"
-    cmd = [sys.executable, "-m", "engine", "sim-ehr", "--port", str(port), "--log", str(log),
-           "--uvloop"]
+    cmd = engine_command("sim-ehr", "--port", str(port), "--log", str(log), "--uvloop")
     if delay_ms:
         cmd += ["--delay-ms", str(delay_ms)]
     p = procs.start(name, cmd, out / f"{name}.out")
@@ -290,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                    "CALHL7_CALCOM_API_URL": "http://127.0.0.1:9",
                    "EHR_MAIN_HOST": "127.0.0.1", "EHR_MAIN_PORT": str(main_port),
                    "EHR_LEGACY_HOST": "127.0.0.1", "EHR_LEGACY_PORT": str(legacy_port)}
-            cmd = [sys.executable, "-m", "engine", "serve", "--http", f"127.0.0.1:{http_port}",
-                   "--data", str(data), "--channels", str(channels)]
+            cmd = engine_command(*serve_args(data, http_port, channels))
             if args.mllp_users:
                 if engine_has_mllp_listener():
                     mllp_port = free_port()

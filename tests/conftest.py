@@ -1,11 +1,18 @@
-"""Shared fixtures: real stores (SQLite file, the machine's PostgreSQL), free ports."""
+"""Shared fixtures: real stores (SQLite file, the machine's PostgreSQL), free ports.
+
+The tests come in tiers, one folder each, marked by folder (`pytest -m unit`):
+- tests/unit: pure code, no database (a store, when needed, is SQLite in a temporary folder);
+  runs in seconds with PostgreSQL down: nothing here connects before a test asks for it.
+- tests/store: the store contract, on both stores.
+- tests/engine: the engine in this process, over real sockets.
+- tests/system: real processes (crash, failover, load smoke, packaging), started with
+  load/harness.py like the benchmarks."""
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,10 +26,15 @@ PG_URL = os.environ.get("CALHL7_TEST_PG", "postgresql://postgres@127.0.0.1:5432/
 STORE_KINDS = ["sqlite", "postgres"]  # every store and pipeline test runs on both
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TIERS = ("unit", "store", "engine", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test gets the marker of its tier's folder."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(REPO / "tests").parts
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 _SCHEMAS: list[str] = []

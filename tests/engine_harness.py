@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from engine.app import Engine, build_engine
 from engine.metrics import Metrics
 from engine.settings import Settings
 from engine.sim.bookings import compact, sign
 from engine.sim.ehr import SimPolicy, run_sim, simulator_of, stop_sim
-from tests.conftest import REPO, free_port
+from load.harness import free_port
+from tests.conftest import REPO
 
 SECRET = "test-secret-do-not-use"
 
@@ -110,3 +113,20 @@ async def eventually(condition: Any, timeout: float = 20.0, interval: float = 0.
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout:g}s")
         await asyncio.sleep(interval)
+
+
+def fast_channels(tmp_path: Path, **overrides: Any) -> Path:
+    """The example channels with timeouts and back-off short enough for tests."""
+    target = tmp_path / "channels"
+    shutil.copytree(REPO / "channels", target)
+    for dest in (target / "destinations").glob("*.yaml"):
+        doc = yaml.safe_load(dest.read_text())
+        doc.setdefault("connection", {}).update(
+            {"response_timeout_seconds": 0.5, "connect_timeout_seconds": 0.5,
+             "reconnect_initial_seconds": 0.05, "reconnect_max_seconds": 0.2})
+        doc.setdefault("retry", {}).update(
+            {"initial_seconds": 0.05, "max_seconds": 0.2, "max_attempts": 50})
+        for key, value in overrides.items():
+            doc.setdefault(key, {}).update(value)
+        dest.write_text(yaml.safe_dump(doc))
+    return target

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs
 import httpx
 import uvicorn
 
-from tests.conftest import free_port
+from load.harness import free_port
 
 BOOKINGS_VERSION = "2024-08-13"
 EVENT_TYPES_VERSION = "2024-06-14"

@@ -6,7 +6,7 @@ state and links after the event is committed. Deliveries arrive in any order and
 so every decision is made from what we hold, by precedence per booking uid, never by arrival.
 `precedence` makes those decisions; `fields` extracts the event's fields from the payload.
 
-Decisions (see also tests/test_normalize.py, which pins each one):
+Decisions (see also tests/unit/test_normalize.py, which pins each one):
 - Appointment id = uid of the first booking of the chain. A reschedule is followed through
   `rescheduleUid`; if that uid is unknown, the iCalUID (stable across reschedules) is tried.
 - A reschedule whose original we never saw becomes a NEW appointment whose id is the

@@ -204,4 +204,4 @@ class ClusterStore(Protocol):
 class Store(IntakeStore, ReconcileStore, ProcessingStore, DeliveryStore, InboundStore,
             OperatorStore, ClusterStore, Protocol):
     """Every role: what the wiring opens once and hands to each consumer (see
-    tests/test_store.py for the contract, run on both dialects)."""
+    tests/store/test_store.py for the contract, run on both dialects)."""

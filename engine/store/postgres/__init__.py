@@ -1,7 +1,7 @@
 """The shared store: several engine nodes on one PostgreSQL database (core.py: the pool,
 transactions, migrations; a module per role; `PostgresStore` is all of them).
 
-Same semantics as the SQLite store (tests/test_store.py runs on both); what several nodes add:
+Same semantics as the SQLite store (tests/store/test_store.py runs on both); what several nodes add:
 - intake group commit: concurrent `accept_webhook` calls queue up while a flush is in
   flight and the next flush stores all of them in one statement (one commit, one round trip);
   identical bodies from two nodes at once leave one row, the second sees a duplicate; a

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,15 +16,10 @@ import httpx
 import pytest
 
 from engine.sim.bookings import StoryTeller, compact, sign
-from tests.conftest import REPO, free_port, pg_schema
-from tests.test_crash_delivery import sim_log
-from tests.test_crash_intake import SECRET, wait_ready
-from tests.test_delivery import fast_channels
-
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "engine", *args], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+from load.harness import free_port, sim_log, start, wait_ready
+from tests.conftest import pg_schema
+from tests.engine_harness import fast_channels
+from tests.system.test_crash_intake import SECRET
 
 
 @pytest.mark.slow

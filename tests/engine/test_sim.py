@@ -214,7 +214,7 @@ async def test_cli_process_runs_until_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "cli.jsonl"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.cli.sim", "sim-ehr", "--port", "0", "--log", str(log),
-        cwd=Path(__file__).resolve().parents[1], stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2], stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stderr is not None

@@ -9,40 +9,25 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.engine_harness import eventually
-from tests.test_crash_intake import SECRET
+from load.harness import REPO, engine_command, free_port, start_engine, wait_ready
+from tests.system.test_crash_intake import SECRET
 
 
 def serve(data: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--http", f"127.0.0.1:{port}",
-         "--data", str(data), "--channels", str(REPO / "channels")],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return proc, port
+    return start_engine(data, port, env), port
 
 
 async def ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    async def up() -> bool:
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(up, timeout=60, interval=0.1)
+    await wait_ready(port, proc, timeout=60)
 
 
 def calhl7(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], env=env, cwd=REPO,
+    return subprocess.run(engine_command(*args), env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -15,9 +15,8 @@ from engine import metrics as m
 from engine.sim.bookings import StoryTeller, compact
 from engine.sim.ehr import SimPolicy, simulator_of
 from tests.conftest import REPO
-from tests.engine_harness import eventually, running_engine
-from tests.test_delivery import fast_channels
-from tests.test_metrics import quiet, samples, scrape
+from tests.engine.test_metrics import quiet, samples, scrape
+from tests.engine_harness import eventually, fast_channels, running_engine
 
 GRAFANA = REPO / "docker" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "calhl7.json"

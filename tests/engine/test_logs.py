@@ -21,9 +21,8 @@ from engine.cli.channels import register
 from engine.demo import _demo
 from engine.sim.bookings import StoryTeller, compact
 from engine.sim.ehr import SimPolicy, simulator_of
-from tests.engine_harness import eventually, running_engine
-from tests.test_delivery import fast_channels
-from tests.test_metrics import quiet
+from tests.engine.test_metrics import quiet
+from tests.engine_harness import eventually, fast_channels, running_engine
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LEVELS = {"debug", "info", "warning", "error", "critical"}

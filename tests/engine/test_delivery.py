@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from engine.sim.bookings import StoryTeller
 from engine.sim.ehr import SimPolicy, run_sim, simulator_of, stop_sim
-from tests.conftest import REPO
-from tests.engine_harness import Running, eventually, running_engine
-
-
-def fast_channels(tmp_path: Path, **overrides: Any) -> Path:
-    """The example channels with timeouts and back-off short enough for tests."""
-    target = tmp_path / "channels"
-    shutil.copytree(REPO / "channels", target)
-    for dest in (target / "destinations").glob("*.yaml"):
-        doc = yaml.safe_load(dest.read_text())
-        doc.setdefault("connection", {}).update(
-            {"response_timeout_seconds": 0.5, "connect_timeout_seconds": 0.5,
-             "reconnect_initial_seconds": 0.05, "reconnect_max_seconds": 0.2})
-        doc.setdefault("retry", {}).update(
-            {"initial_seconds": 0.05, "max_seconds": 0.2, "max_attempts": 50})
-        for key, value in overrides.items():
-            doc.setdefault(key, {}).update(value)
-        dest.write_text(yaml.safe_dump(doc))
-    return target
+from tests.engine_harness import Running, eventually, fast_channels, running_engine
 
 
 def received(log: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from engine.sim.bookings import StoryTeller, compact
 from engine.store import base
 from tests.conftest import REPO
 from tests.engine_harness import eventually
-from tests.test_store import webhook
+from tests.store.test_store import webhook
 
 
 @pytest.fixture(scope="module")

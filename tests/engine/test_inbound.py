@@ -27,7 +27,8 @@ from engine.metrics import Metrics
 from engine.mllp.framing import frame
 from engine.mllp.server import shutdown
 from engine.store.sqlite import SQLiteStore
-from tests.conftest import REPO, STORE_KINDS, _pg_schema_url, free_port
+from load.harness import free_port
+from tests.conftest import REPO, STORE_KINDS, _pg_schema_url
 from tests.engine_harness import eventually
 from tests.fake_calcom import FakeCalcom, standard_fake
 

@@ -12,8 +12,8 @@ import yaml
 
 from engine import cli
 from engine.sim.bookings import StoryTeller
-from tests.engine_harness import eventually, running_engine
-from tests.test_delivery import fast_channels, received
+from tests.engine.test_delivery import received
+from tests.engine_harness import eventually, fast_channels, running_engine
 
 
 def family_visit(teller: StoryTeller) -> tuple[object, dict]:

@@ -19,9 +19,8 @@ from engine.hl7.controlid import new_control_id
 from engine.hl7.escape import apply_charset, escape, field_path
 from engine.hl7.render import SiuTemplate, TemplateError, format_ts, hl7_value, patient_identifier
 from engine.hl7.validate import validate_strict
-from tests.test_routing import A, B, make_event, physio, run, telehealth, with_channel
 from tests.conftest import REPO
-
+from tests.unit.test_routing import A, B, make_event, physio, run, telehealth, with_channel
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from engine.hl7.ack import parse_ack
 from engine.inbound.listener import start_listener
 from engine.mllp.framing import frame
 from engine.mllp.server import connection_count, shutdown
-from tests.engine_harness import eventually
-from tests.test_inbound import (
+from tests.engine.test_inbound import (
     CHANNEL,
     Env,
     Raw,
@@ -24,7 +23,8 @@ from tests.test_inbound import (
     siu,
     slot,
 )
-from tests.test_inbound import env as inbound_env  # noqa: F401 - a fixture, by this name
+from tests.engine.test_inbound import env as inbound_env  # noqa: F401 - a fixture, by this name
+from tests.engine_harness import eventually
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 from engine import cli
 from engine.sim.bookings import StoryTeller
 from engine.sim.ehr import SimPolicy, simulator_of
-from tests.engine_harness import eventually, running_engine
-from tests.test_delivery import fast_channels, received
-from tests.test_operator import family_visit
+from tests.engine.test_delivery import received
+from tests.engine.test_operator import family_visit
+from tests.engine_harness import eventually, fast_channels, running_engine
 
 
 async def run_cli(*argv: str) -> int:

@@ -17,8 +17,8 @@ from engine.http.asgi import HttpSettings, WebhookApp
 from engine.metrics import trigger_label
 from engine.sim.bookings import StoryTeller, compact, sign
 from engine.sim.ehr import SimPolicy, simulator_of
-from tests.engine_harness import SECRET, Running, eventually, running_engine
-from tests.test_delivery import fast_channels, received
+from tests.engine.test_delivery import received
+from tests.engine_harness import SECRET, Running, eventually, fast_channels, running_engine
 
 Labels = frozenset[tuple[str, str]]
 
@@ -249,7 +249,7 @@ async def test_gauges_come_from_the_store_right_after_a_restart(tmp_path: Path) 
 
 
 async def test_metrics_on_their_own_address(tmp_path: Path) -> None:
-    from tests.conftest import free_port
+    from load.harness import free_port
 
     port = free_port()
     async with running_engine(tmp_path, metrics_host="127.0.0.1", metrics_port=port) as eng:

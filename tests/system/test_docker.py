@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, free_port
+from load.harness import free_port
+from tests.conftest import REPO
 
 DOCKER = REPO / "docker"
 

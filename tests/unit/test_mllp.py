@@ -30,7 +30,7 @@ from engine.mllp import (
 from engine.mllp.framing import VtInFrame
 from engine.mllp.settings import ConnectionSettings, TlsSettings
 from engine.mllp.tls import server_ssl_context
-from tests.conftest import free_port
+from load.harness import free_port
 from tests.engine_harness import eventually
 
 FAST = ConnectionSettings(connect_timeout_seconds=2, response_timeout_seconds=2)

@@ -4,45 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from engine.sim.bookings import StoryTeller, compact, sign
-from tests.conftest import REPO, free_port
+from load import harness
+from load.harness import free_port, wait_ready
 from tests.engine_harness import eventually
 
 SECRET = "crash-test-secret"
 
 
 def start_engine(data: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CALHL7_WEBHOOK_SECRET": SECRET, "EHR_MAIN_PORT": str(free_port()),
-           "EHR_LEGACY_PORT": str(free_port()), "CALHL7_LOG_LEVEL": "warning"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--http", f"127.0.0.1:{port}",
-         "--data", str(data), "--channels", str(REPO / "channels")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-    )
-
-
-async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise AssertionError(f"engine exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("engine did not start")
+    return harness.start_engine(data, port, harness.engine_env(SECRET))
 
 
 @pytest.mark.slow

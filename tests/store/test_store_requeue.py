@@ -10,7 +10,7 @@ import pytest
 
 from engine.store.base import AttemptRecord
 from engine.store.requeue import InFlight, LaterChangesSent, MayBeHeld
-from tests.test_store import ack, enqueue, message, webhook
+from tests.store.test_store import ack, enqueue, message, webhook
 
 
 async def story(store, tag: str):  # noqa: ANN001, ANN201

@@ -15,9 +15,8 @@ import pytest
 from engine import cli
 from engine.sim.bookings import StoryTeller
 from engine.sim.ehr import SimPolicy, simulator_of
-from tests.engine_harness import Running, running_engine
-from tests.test_delivery import fast_channels
-from tests.test_metrics import all_messages, quiet
+from tests.engine.test_metrics import all_messages, quiet
+from tests.engine_harness import Running, fast_channels, running_engine
 
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

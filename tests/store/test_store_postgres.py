@@ -12,7 +12,7 @@ import pytest
 from engine.store import base
 from engine.store.base import AttemptRecord, ProcessedEvent
 from tests.conftest import PG_URL, _pg_schema_url
-from tests.test_store import enqueue, message, webhook
+from tests.store.test_store import enqueue, message, webhook
 
 asyncpg = pytest.importorskip("asyncpg")
 postgres = pytest.importorskip("engine.store.postgres")

@@ -29,7 +29,7 @@ from tests.conftest import REPO
 CLIMB = re.compile(r"(?<![\w./~-])((?:\.\./)+[\w.\-/]*)")
 MACHINE = re.compile(r"(?<![\w.:/~-])(/(?:home|root|Users|work|tmp|mnt|media)/)")
 IMAGE_DIRS = ("docker/",)  # paths in these files are inside the container
-SELF = "tests/test_repository.py"  # spells out the paths it looks for
+SELF = "tests/unit/test_repository.py"  # spells out the paths it looks for
 
 
 def tracked_files() -> list[str]:

@@ -4,12 +4,9 @@ MSH-10, in order per appointment; the only repeats are messages in flight, same 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,20 +16,9 @@ import pytest
 
 from engine.config.outbound import load_config
 from engine.sim.bookings import StoryTeller, compact, sign
-from tests.conftest import REPO, free_port
+from load.harness import REPO, free_port, sim_log, start, wait_ready
 from tests.engine_harness import eventually
-from tests.test_crash_intake import SECRET, wait_ready
-
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "engine", *args], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def sim_log(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+from tests.system.test_crash_intake import SECRET
 
 
 def db_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
