@@ -29,12 +29,22 @@ STORE_KINDS = ["sqlite", "postgres"]  # every store and pipeline test runs on bo
 TIERS = ("unit", "store", "engine", "system")
 
 
+_ON_POSTGRES = {"store", "store_url"}  # fixtures parametrized over both stores
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test gets the marker of its tier's folder."""
+    """Each test gets the marker of its tier's folder; a unit test asking for a store that
+    runs on PostgreSQL too is refused at collection."""
     for item in items:
         parts = Path(str(item.path)).relative_to(REPO / "tests").parts
         if len(parts) > 1 and parts[0] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+        wants = _ON_POSTGRES & set(getattr(item, "fixturenames", ()))
+        if parts[0] == "unit" and wants:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(wants))}, which runs on PostgreSQL too;"
+                " tests/unit needs no database: open SQLiteStore(tmp_path / 'store.sqlite3')"
+                " there, or move the test to tests/store or tests/engine")
 
 
 _SCHEMAS: list[str] = []
