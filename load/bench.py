@@ -49,7 +49,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from load import bench_intake  # noqa: E402
-from load.harness import Procs, engine_command, free_port, serve_args, wait_port  # noqa: E402
+from load.harness import (  # noqa: E402
+    Procs,
+    engine_command,
+    engine_has_mllp_listener,
+    free_port,
+    serve_args,
+    wait_port,
+)
 from load.httpload import closed_loop, median, open_loop, send_all  # noqa: E402
 from load.run import copy_channels, start_sim  # noqa: E402
 
@@ -326,12 +333,6 @@ def bench_e2e_suite(runs: int, n_webhooks: int, sustained_seconds: float) -> Non
 
 
 # ---------------------------------------------------------------------- listener
-def engine_has_mllp() -> bool:
-    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"], cwd=REPO,
-                         capture_output=True, text=True)
-    return "--mllp" in out.stdout
-
-
 async def _senders(port: int, n: int, senders: int, app: str) -> tuple[float, dict[str, int]]:
     from datetime import UTC, datetime, timedelta
 
@@ -386,7 +387,7 @@ def bench_listener_suite(runs: int, n: int) -> None:
             finally:
                 procs.stop()
     RESULTS["listener_sim_reference"] = median(ref)
-    if not engine_has_mllp():
+    if not engine_has_mllp_listener():
         RESULTS["listener"] = None
         say(f"  listener: SKIPPED, `calhl7 serve` has no --mllp option yet. Reference: the same "
             f"16 senders against sim-ehr: {median(ref):,.0f} msg/s")
@@ -523,8 +524,8 @@ def bench_backlog_suite(n: int, hold_seconds: float, drain_seconds: float) -> No
             sim_procs = Procs()
             try:
                 # the EHR comes back on the port the destination points at
-                cmd = [sys.executable, "-m", "engine", "sim-ehr", "--port", str(ehr_port),
-                       "--uvloop", "--log", str(tmpd / "sim.jsonl")]
+                cmd = engine_command("sim-ehr", "--port", str(ehr_port), "--uvloop", "--log",
+                                     str(tmpd / "sim.jsonl"))
                 sim_procs.start("sim", cmd, tmpd / "sim.out")
                 wait_port(ehr_port)
                 # measure from the first ACK

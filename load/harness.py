@@ -46,6 +46,13 @@ def engine_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine", *args]
 
 
+def engine_has_mllp_listener() -> bool:
+    """Whether this checkout's `calhl7 serve` takes --mllp."""
+    out = subprocess.run(engine_command("serve", "--help"), cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    return "--mllp" in out.stdout
+
+
 def start(args: list[str], env: dict[str, str] | None = None, *,
           stdout: _Out = subprocess.DEVNULL, stderr: _Out = subprocess.PIPE
           ) -> subprocess.Popen[bytes]:

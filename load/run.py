@@ -40,6 +40,7 @@ from load import correctness  # noqa: E402
 from load.harness import (  # noqa: E402
     Procs,
     engine_command,
+    engine_has_mllp_listener,
     free_port,
     serve_args,
     wait_port,
@@ -54,12 +55,6 @@ def seconds(text: str) -> float:
     text = str(text).strip().lower()
     units = {"s": 1, "m": 60, "h": 3600}
     return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-
-
-def engine_has_mllp_listener() -> bool:
-    out = subprocess.run(engine_command("serve", "--help"), cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    return "--mllp" in out.stdout
 
 
 def start_sim(procs: Procs, name: str, out: Path, delay_ms: int = 0) -> tuple[int, Path]:

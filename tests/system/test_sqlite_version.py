@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from engine.store.sqlite_version import MIN_SQLITE, below, parse_version, required, sqlite_problem
+from load.harness import engine_command
 from tests.conftest import REPO
 
 
@@ -62,7 +62,7 @@ VERBS = {
 def _run(tmp_path: Path, floor: str, verb: str = "serve") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALHL7_MIN_SQLITE": floor, "CALHL7_LOG_LEVEL": "warning"}
     return subprocess.run(
-        [sys.executable, "-m", "engine", *VERBS[verb], "--data", str(tmp_path / "var")],
+        engine_command(*VERBS[verb], "--data", str(tmp_path / "var")),
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
 
